@@ -1,0 +1,38 @@
+"""trl-edge: post-train small language models for edge devices with TRL (curriculum SFT, offline distillation).
+
+Public names are imported lazily, so ``import trl_edge`` (and the CLI's ``--help``) stays fast and never pulls
+in a device backend such as torch_npu.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0.dev0"
+
+_EXPORTS = {
+    "Pacing": "trl_edge.curriculum.pacing",
+    "make_pacing": "trl_edge.curriculum.pacing",
+    "CurriculumSampler": "trl_edge.curriculum.sampler",
+    "CurriculumSchedule": "trl_edge.curriculum.sampler",
+    "LengthScorer": "trl_edge.curriculum.scorers",
+    "ColumnScorer": "trl_edge.curriculum.scorers",
+    "CallableScorer": "trl_edge.curriculum.scorers",
+    "ReferenceModelScorer": "trl_edge.curriculum.scorers",
+    "add_difficulty_column": "trl_edge.curriculum.scorers",
+    "difficulty_ranks": "trl_edge.curriculum.scorers",
+    "CurriculumSFTConfig": "trl_edge.trainer.curriculum_sft_config",
+    "CurriculumSFTTrainer": "trl_edge.trainer.curriculum_sft_trainer",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'trl_edge' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

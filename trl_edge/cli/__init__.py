@@ -1,0 +1,1 @@
+"""The ``trl-edge`` command line: one module per subcommand, dispatched by ``main``."""

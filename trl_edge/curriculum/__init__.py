@@ -1,0 +1,26 @@
+"""Curriculum learning: difficulty scorers, pacing functions and the sampler that follows them."""
+
+from .pacing import PACING_NAMES, Pacing, make_pacing
+from .sampler import CurriculumSampler, CurriculumSchedule
+from .scorers import (
+    CallableScorer,
+    ColumnScorer,
+    LengthScorer,
+    ReferenceModelScorer,
+    add_difficulty_column,
+    difficulty_ranks,
+)
+
+__all__ = [
+    "PACING_NAMES",
+    "CallableScorer",
+    "ColumnScorer",
+    "CurriculumSampler",
+    "CurriculumSchedule",
+    "LengthScorer",
+    "Pacing",
+    "ReferenceModelScorer",
+    "add_difficulty_column",
+    "difficulty_ranks",
+    "make_pacing",
+]

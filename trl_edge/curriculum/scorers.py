@@ -1,0 +1,161 @@
+"""Difficulty scorers: one number per example, higher is harder.
+
+A scorer is any callable ``scorer(dataset) -> np.ndarray`` of one finite score per row. The
+built-in ones cover the usual signals: sequence length, a column the data already has, the loss
+of a reference model (Hacohen & Weinshall 2019) and an arbitrary per-example function. Scores are
+turned into CDF ranks in (0, 1] by :func:`difficulty_ranks`, the form competence-based sampling
+uses; :func:`add_difficulty_column` stores them so that an expensive scorer runs once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+
+def _require_columns(dataset: Dataset, columns: list[str], scorer: str, hint: str) -> None:
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"{scorer} needs the column(s) {missing}, but the dataset has {dataset.column_names}. {hint}"
+        )
+
+
+def _check_finite(scores: np.ndarray, scorer: str) -> np.ndarray:
+    if scores.size == 0:
+        raise ValueError(f"{scorer} got an empty dataset: a curriculum needs at least one example.")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(
+            f"{scorer} produced a non-finite score ({scores[bad[0]]}) for example {int(bad[0])} "
+            f"({bad.size} in all). Fix or drop those examples."
+        )
+    return scores
+
+
+def difficulty_ranks(scores) -> np.ndarray:
+    """CDF ranks in (0, 1]: the fraction of examples at most as hard as each one (ties share a rank)."""
+    scores = _check_finite(np.asarray(scores, dtype=np.float64), "difficulty_ranks")
+    return np.searchsorted(np.sort(scores), scores, side="right") / scores.size
+
+
+class LengthScorer:
+    """Difficulty = number of tokens (``input_ids``); or characters of ``text_column`` for raw text."""
+
+    def __init__(self, column: str = "input_ids"):
+        self.column = column
+
+    def __call__(self, dataset: Dataset) -> np.ndarray:
+        _require_columns(
+            dataset, [self.column], "LengthScorer", "Tokenize the dataset first or pass the text column to score."
+        )
+        return _check_finite(
+            np.array([len(x) for x in dataset[self.column]], dtype=np.float64), "LengthScorer"
+        )
+
+
+class ColumnScorer:
+    """Difficulty read from a numeric column of the dataset (e.g. a grade, a pass rate, a human label)."""
+
+    def __init__(self, column: str = "difficulty"):
+        self.column = column
+
+    def __call__(self, dataset: Dataset) -> np.ndarray:
+        _require_columns(
+            dataset,
+            [self.column],
+            "ColumnScorer",
+            "Add a numeric difficulty column, or score by length (`curriculum_difficulty='length'`).",
+        )
+        try:
+            scores = np.asarray(dataset[self.column], dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Column {self.column!r} must hold one number per example: {err}") from err
+        return _check_finite(scores, f"ColumnScorer({self.column!r})")
+
+
+class CallableScorer:
+    """Difficulty from a user function of one example: ``fn(example: dict) -> float``."""
+
+    def __init__(self, fn: Callable[[dict[str, Any]], float]):
+        self.fn = fn
+
+    def __call__(self, dataset: Dataset) -> np.ndarray:
+        return _check_finite(np.array([float(self.fn(row)) for row in dataset], dtype=np.float64), "CallableScorer")
+
+
+class ReferenceModelScorer:
+    """Difficulty = a reference model's mean token loss (or perplexity) on each example.
+
+    Works on tokenized data (``input_ids``, and ``labels`` with -100 on positions that carry no loss,
+    as SFTTrainer prepares them). Runs in length-sorted batches without gradients, with a progress
+    bar; results come back in dataset order.
+
+    Args:
+        model: a causal LM (already loaded; a name or path is loaded with ``AutoModelForCausalLM``).
+        batch_size: examples per forward pass.
+        metric: ``"loss"`` (mean negative log-likelihood, nats) or ``"perplexity"`` (its exponential).
+        pad_token_id: id used to pad batches (only attention-masked positions are padded).
+    """
+
+    def __init__(self, model, batch_size: int = 8, metric: str = "loss", pad_token_id: int = 0):
+        if metric not in ("loss", "perplexity"):
+            raise ValueError(f"`metric` must be 'loss' or 'perplexity', got {metric!r}.")
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(model)
+        self.model = model
+        self.batch_size = int(batch_size)
+        self.metric = metric
+        self.pad_token_id = pad_token_id
+
+    @torch.no_grad()
+    def __call__(self, dataset: Dataset) -> np.ndarray:
+        _require_columns(dataset, ["input_ids"], "ReferenceModelScorer", "Tokenize the dataset first.")
+        ids = dataset["input_ids"]
+        labels = dataset["labels"] if "labels" in dataset.column_names else ids
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        scores = np.empty(len(ids), dtype=np.float64)
+        for start in tqdm(range(0, len(ids), self.batch_size), desc="Scoring difficulty", unit="batch"):
+            batch = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+            target = torch.full((len(batch), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                target[row, : len(labels[i])] = torch.tensor(labels[i])
+                mask[row, : len(ids[i])] = 1
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+            target = target[:, 1:].to(device)
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none"
+            )
+            counts = (target != -100).sum(1).clamp(min=1)
+            mean_nll = (nll.sum(1) / counts).double().cpu().numpy()
+            scores[batch] = np.exp(mean_nll) if self.metric == "perplexity" else mean_nll
+        self.model.train(was_training)
+        return _check_finite(scores, "ReferenceModelScorer")
+
+
+def add_difficulty_column(dataset: Dataset, scorer: Callable[[Dataset], np.ndarray], column: str = "difficulty") -> Dataset:
+    """Return ``dataset`` with the scores of ``scorer`` in ``column``; reuse the column if it is already there.
+
+    Save the result (``save_to_disk`` / ``push_to_hub``) and train with ``curriculum_difficulty='column'`` to
+    pay for an expensive scorer (a reference model) once.
+    """
+    if column in dataset.column_names:
+        return dataset
+    scores = np.asarray(scorer(dataset), dtype=np.float64)
+    if scores.shape != (len(dataset),):
+        raise ValueError(f"The scorer returned {scores.shape[0] if scores.ndim else 0} scores for {len(dataset)} examples.")
+    return dataset.add_column(column, scores.tolist())

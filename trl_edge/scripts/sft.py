@@ -1,0 +1,97 @@
+"""Curriculum SFT script: ``trl-edge sft --config recipe.yaml`` or ``accelerate launch recipes/sft.py --config ...``.
+
+Same arguments as TRL's ``trl sft`` (ScriptArguments, ModelConfig for LoRA/dtype, DatasetMixtureConfig), with
+[`~trl_edge.CurriculumSFTConfig`] in place of ``SFTConfig``. ``dataset_name`` may also be a local directory of
+data files or a dataset saved with ``save_to_disk``, so recipes run offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def load_training_datasets(script_args, dataset_args):
+    """The DatasetDict named by the script arguments: a mixture, a ``save_to_disk`` folder, or ``load_dataset``."""
+    from datasets import DatasetDict, load_dataset, load_from_disk
+    from trl import get_dataset
+
+    if dataset_args.datasets:
+        return get_dataset(dataset_args)
+    name = script_args.dataset_name
+    if not name:
+        raise ValueError("No dataset: set `dataset_name` (a hub name, a local data folder, or a `save_to_disk` folder).")
+    if os.path.isdir(name) and (
+        os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
+    ):
+        dataset = load_from_disk(name)
+        return dataset if isinstance(dataset, DatasetDict) else DatasetDict({script_args.dataset_train_split: dataset})
+    return load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
+
+
+def main(script_args, training_args, model_args, dataset_args):
+    import transformers
+    from packaging.version import Version
+    from trl import get_peft_config, get_quantization_config
+
+    from trl_edge import CurriculumSFTTrainer
+
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    if training_args.model_init_kwargs is not None:
+        model_init_kwargs.update(training_args.model_init_kwargs)
+    training_args.model_init_kwargs = model_init_kwargs
+
+    dataset = load_training_datasets(script_args, dataset_args)
+    if script_args.dataset_train_split not in dataset:
+        raise ValueError(
+            f"The dataset has no split {script_args.dataset_train_split!r} (it has {list(dataset)}): "
+            "set `dataset_train_split`."
+        )
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = dataset[script_args.dataset_test_split]
+
+    trainer = CurriculumSFTTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=eval_dataset,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if Version(transformers.__version__) >= Version("5.18.0"):
+        trainer.end()
+    return trainer
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
+
+    from trl_edge import CurriculumSFTConfig
+
+    dataclass_types = (ScriptArguments, CurriculumSFTConfig, ModelConfig, DatasetMixtureConfig)
+    if subparsers is not None:
+        return subparsers.add_parser("sft", help="Run curriculum SFT", dataclass_types=dataclass_types)
+    return TrlParser(dataclass_types, prog=prog)
+
+
+def run(argv: list[str] | None = None):
+    parser = make_parser()
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(
+        argv, fail_with_unknown_args=True
+    )
+    return main(script_args, training_args, model_args, dataset_args)
+
+
+if __name__ == "__main__":
+    run()
