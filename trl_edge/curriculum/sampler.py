@@ -221,7 +221,9 @@ class CurriculumSampler(Sampler[int]):
                 local = (progress[i] - self._stage_starts[s]) / self.stage_shares[s]
                 c = float(self.pacing(min(max(local, 0.0), 1.0)))
                 if not 0.0 <= c <= 1.0 or math.isnan(c):
-                    raise ValueError(f"The pacing function returned {c} at progress {local:.4f}; it must be in [0, 1].")
+                    raise ValueError(
+                        f"The pacing function returned {c} at progress {local:.4f}; it must be in [0, 1]."
+                    )
                 pool = pools[s]
                 pool.grow_to(max(1, math.ceil(c * pool.order.size - 1e-9)))
                 indices[i] = pool.draw(draws[i])

@@ -21,9 +21,7 @@ from tqdm.auto import tqdm
 def _require_columns(dataset: Dataset, columns: list[str], scorer: str, hint: str) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise ValueError(
-            f"{scorer} needs the column(s) {missing}, but the dataset has {dataset.column_names}. {hint}"
-        )
+        raise ValueError(f"{scorer} needs the column(s) {missing}, but the dataset has {dataset.column_names}. {hint}")
 
 
 def _check_finite(scores: np.ndarray, scorer: str) -> np.ndarray:
@@ -54,9 +52,7 @@ class LengthScorer:
         _require_columns(
             dataset, [self.column], "LengthScorer", "Tokenize the dataset first or pass the text column to score."
         )
-        return _check_finite(
-            np.array([len(x) for x in dataset[self.column]], dtype=np.float64), "LengthScorer"
-        )
+        return _check_finite(np.array([len(x) for x in dataset[self.column]], dtype=np.float64), "LengthScorer")
 
 
 class ColumnScorer:
@@ -147,7 +143,9 @@ class ReferenceModelScorer:
         return _check_finite(scores, "ReferenceModelScorer")
 
 
-def add_difficulty_column(dataset: Dataset, scorer: Callable[[Dataset], np.ndarray], column: str = "difficulty") -> Dataset:
+def add_difficulty_column(
+    dataset: Dataset, scorer: Callable[[Dataset], np.ndarray], column: str = "difficulty"
+) -> Dataset:
     """Return ``dataset`` with the scores of ``scorer`` in ``column``; reuse the column if it is already there.
 
     Save the result (``save_to_disk`` / ``push_to_hub``) and train with ``curriculum_difficulty='column'`` to
@@ -157,5 +155,7 @@ def add_difficulty_column(dataset: Dataset, scorer: Callable[[Dataset], np.ndarr
         return dataset
     scores = np.asarray(scorer(dataset), dtype=np.float64)
     if scores.shape != (len(dataset),):
-        raise ValueError(f"The scorer returned {scores.shape[0] if scores.ndim else 0} scores for {len(dataset)} examples.")
+        raise ValueError(
+            f"The scorer returned {scores.shape[0] if scores.ndim else 0} scores for {len(dataset)} examples."
+        )
     return dataset.add_column(column, scores.tolist())

@@ -20,7 +20,9 @@ def load_training_datasets(script_args, dataset_args):
         return get_dataset(dataset_args)
     name = script_args.dataset_name
     if not name:
-        raise ValueError("No dataset: set `dataset_name` (a hub name, a local data folder, or a `save_to_disk` folder).")
+        raise ValueError(
+            "No dataset: set `dataset_name` (a hub name, a local data folder, or a `save_to_disk` folder)."
+        )
     if os.path.isdir(name) and (
         os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
     ):

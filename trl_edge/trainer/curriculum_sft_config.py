@@ -64,7 +64,8 @@ class CurriculumSFTConfig(SFTConfig):
         },
     )
     curriculum_difficulty_column: str = field(
-        default="difficulty", metadata={"help": "Numeric column holding difficulty when `curriculum_difficulty=column`."}
+        default="difficulty",
+        metadata={"help": "Numeric column holding difficulty when `curriculum_difficulty=column`."},
     )
     curriculum_reference_model: str | None = field(
         default=None,

@@ -73,7 +73,7 @@ class CurriculumSFTTrainer(SFTTrainer):
                 "length": LengthScorer,
                 "column": lambda: ColumnScorer(args.curriculum_difficulty_column),
                 "reference": self._reference_scorer,
-                "none": lambda: (lambda ds: np.zeros(len(ds))),
+                "none": lambda: lambda ds: np.zeros(len(ds)),
             }[args.curriculum_difficulty]()
         difficulty = np.asarray(difficulty_scorer(dataset), dtype=np.float64)
         if difficulty.shape != (len(dataset),):

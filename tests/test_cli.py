@@ -1,0 +1,142 @@
+"""The `trl-edge` console script and the recipe launcher, end to end and offline."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from trl_edge.scripts.sft import make_parser, run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RECIPE = ROOT / "recipes/curriculum_sft/tiny.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def trl_edge(*args, env=ENV, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "trl_edge.cli.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_the_subcommands():
+    result = trl_edge("--help")
+    assert result.returncode == 0
+    assert "sft" in result.stdout and "env" in result.stdout
+
+
+def test_sft_help_shows_curriculum_and_model_flags():
+    result = trl_edge("sft", "--help")
+    assert result.returncode == 0, result.stderr
+    for flag in ("--curriculum_pacing", "--curriculum_stage_column", "--use_peft", "--lora_r", "--dataset_name"):
+        assert flag in result.stdout
+
+
+def test_env_reports_versions_and_variables():
+    result = trl_edge("env", env={**ENV, "ASCEND_RT_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 0
+    assert "trl-edge version" in result.stdout and "trl version: 1." in result.stdout
+    assert "ASCEND_RT_VISIBLE_DEVICES: 0,1" in result.stdout
+
+
+def test_import_and_cli_help_never_import_torch_npu(tmp_path):
+    """A torch_npu that explodes on import stands in for torch-npu installed without CANN."""
+    fake = tmp_path / "torch_npu"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('torch_npu was imported')\n")
+    env = {**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ENV.get('PYTHONPATH', '')}"}
+    code = (
+        "import sys, trl_edge; from trl_edge.curriculum import CurriculumSampler; "
+        "assert 'torch_npu' not in sys.modules"
+    )
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    for args in (("--help",), ("env",)):
+        result = trl_edge(*args, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_yaml_gives_defaults_and_flags_override():
+    script_args, training_args, model_args, _ = make_parser().parse_args_and_config(
+        ["--config", str(TINY_RECIPE), "--learning_rate", "1e-5", "--curriculum_pacing", "linear"]
+    )
+    assert training_args.learning_rate == 1e-5
+    assert training_args.curriculum_pacing == "linear"  # flag beats the YAML's root
+    assert training_args.curriculum_stages == ["reasoning", "direct"]  # from the YAML
+    assert training_args.curriculum_stage_shares == [0.75, 0.25]
+    assert script_args.dataset_name == "recipes/curriculum_sft/data"
+    assert model_args.model_name_or_path == "recipes/assets/tiny-llama"
+
+
+def test_unknown_yaml_key_fails(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_RECIPE.read_text() + "\ncurriculum_pase: linear\n")
+    with pytest.raises(ValueError, match="curriculum_pase"):
+        make_parser().parse_args_and_config(["--config", str(bad)], fail_with_unknown_args=True)
+
+
+@pytest.mark.slow
+def test_trl_edge_sft_runs_the_tiny_recipe_offline_and_says_where_it_saved(tmp_path):
+    out = tmp_path / "tiny-sft"
+    result = trl_edge("sft", "--config", str(TINY_RECIPE), "--max_steps", "3", "--output_dir", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Model saved to {out}" in result.stdout
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    initial = AutoModelForCausalLM.from_pretrained(ROOT / "recipes/assets/tiny-llama")
+    assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)
+
+
+def test_lora_flags_train_an_adapter(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "lora"
+    trainer = run(
+        [
+            "--config", str(TINY_RECIPE), "--max_steps", "2", "--output_dir", str(out), "--disable_tqdm", "true",
+            "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj",
+        ]
+    )  # fmt: skip
+    assert (out / "adapter_config.json").is_file()
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
+ACCELERATE_CONFIGS = sorted((ROOT / "recipes/accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_parses(recipe):
+    _, training_args, _, _ = make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"]
+    )
+    assert training_args.curriculum_stages == ["reasoning", "direct"]
+
+
+@pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_every_accelerate_config_loads(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    loaded = load_config_from_file(str(config))
+    assert loaded.num_processes >= 1 and loaded.mixed_precision is not None
+
+
+@pytest.mark.slow
+def test_the_example_runs(tmp_path):
+    out = tmp_path / "example"
+    result = subprocess.run(
+        [sys.executable, "examples/curriculum_sft.py", "--max_steps", "2", "--output_dir", str(out)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
