@@ -109,7 +109,7 @@ def arithmetic_examples(n: int, seed: int = 0, max_digits: int = 4, fmt: str = "
             row["prompt"] = [{"role": "user", "content": question}]
             row["completion"] = [{"role": "assistant", "content": answer}]
         elif fmt == "prompt_completion":
-            row["prompt"], row["completion"] = f"Question: {question} ", answer
+            row["prompt"], row["completion"] = f"Question: {question}", f" {answer}"
         elif fmt == "language_modeling":
             row["text"] = f"Question: {question} {answer}"
         else:

@@ -10,25 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 
+from trl_edge.scripts.loading import load_dataset_dict
+
 
 def load_training_datasets(script_args, dataset_args):
-    """The DatasetDict named by the script arguments: a mixture, a ``save_to_disk`` folder, or ``load_dataset``."""
-    from datasets import DatasetDict, load_dataset, load_from_disk
+    """The DatasetDict named by the script arguments: a dataset mixture, or one dataset by name or path."""
     from trl import get_dataset
 
     if dataset_args.datasets:
         return get_dataset(dataset_args)
-    name = script_args.dataset_name
-    if not name:
-        raise ValueError(
-            "No dataset: set `dataset_name` (a hub name, a local data folder, or a `save_to_disk` folder)."
-        )
-    if os.path.isdir(name) and (
-        os.path.exists(os.path.join(name, "dataset_dict.json")) or os.path.exists(os.path.join(name, "state.json"))
-    ):
-        dataset = load_from_disk(name)
-        return dataset if isinstance(dataset, DatasetDict) else DatasetDict({script_args.dataset_train_split: dataset})
-    return load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
+    return load_dataset_dict(
+        script_args.dataset_name,
+        script_args.dataset_config,
+        script_args.dataset_streaming,
+        script_args.dataset_train_split,
+    )
 
 
 def main(script_args, training_args, model_args, dataset_args):

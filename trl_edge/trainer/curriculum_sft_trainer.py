@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from trl import SFTTrainer
 
@@ -78,6 +79,10 @@ class CurriculumSFTTrainer(SFTTrainer):
         difficulty = np.asarray(difficulty_scorer(dataset), dtype=np.float64)
         if difficulty.shape != (len(dataset),):
             raise ValueError(f"The difficulty scorer returned {difficulty.shape} scores for {len(dataset)} examples.")
+        if self.accelerator.num_processes > 1:
+            # Every rank must build the same order: take the main process's scores, so that a scorer that is
+            # not bit-reproducible across devices (a reference model's loss, a user callable) cannot split it.
+            difficulty = broadcast_object_list([difficulty], from_process=0)[0]
 
         stages = None
         if args.curriculum_stage_column is not None:
