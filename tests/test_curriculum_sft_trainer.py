@@ -185,9 +185,10 @@ def test_empty_and_streaming_datasets(tmp_path, tokenizer):
         make_trainer(tmp_path, tokenizer, dataset=stream)
 
 
-def test_a_competing_sampling_strategy_is_refused(tmp_path, tokenizer):
+@pytest.mark.parametrize("strategy", ["group_by_length", "sequential"])
+def test_a_competing_sampling_strategy_is_refused(tmp_path, tokenizer, strategy):
     with pytest.raises(ValueError, match="would replace the curriculum order"):
-        make_trainer(tmp_path, tokenizer, train_sampling_strategy="group_by_length")
+        make_trainer(tmp_path, tokenizer, train_sampling_strategy=strategy)
 
 
 def test_a_plain_sft_config_is_refused(tmp_path, tokenizer):

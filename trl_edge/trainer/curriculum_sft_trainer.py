@@ -49,7 +49,7 @@ class CurriculumSFTTrainer(SFTTrainer):
             )
         if train_dataset is not None and len(train_dataset) == 0:
             raise ValueError("The train dataset is empty: a curriculum needs at least one example.")
-        if args.train_sampling_strategy not in ("random", "sequential"):
+        if args.train_sampling_strategy != "random":
             raise ValueError(
                 f"`train_sampling_strategy={args.train_sampling_strategy!r}` would replace the curriculum order. "
                 "Leave it at its default: the curriculum decides the order."
@@ -100,7 +100,8 @@ class CurriculumSFTTrainer(SFTTrainer):
         reference = args.curriculum_reference_model
         if reference is None:
             reference = self.model
-        pad = self.processing_class.pad_token_id if getattr(self.processing_class, "pad_token_id", None) else 0
+        pad = getattr(self.processing_class, "pad_token_id", None)
+        pad = 0 if pad is None else pad
         return ReferenceModelScorer(reference, batch_size=args.curriculum_reference_batch_size, pad_token_id=pad)
 
     # ------------------------------------------------------------------ sampler
