@@ -206,3 +206,17 @@ def test_config_is_an_sft_config():
     from trl import SFTConfig
 
     assert issubclass(CurriculumSFTConfig, SFTConfig)
+
+
+def test_logged_difficulty_is_that_of_the_batches_trained_on(tmp_path, tokenizer):
+    """10 examples, batch 4: each epoch ends on a short batch; the logs must follow what the collator received."""
+    trainer = make_trainer(
+        tmp_path, tokenizer, dataset=make_dataset(10), max_steps=7, curriculum_difficulty="column", logging_steps=1
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    by_sequence = {tuple(row["input_ids"]): row["difficulty"] for row in trainer.train_dataset}
+    seen = trainer.data_collator.batches[:7]
+    assert [len(b) for b in seen] == [4, 4, 2, 4, 4, 2, 4]
+    for entry, batch in zip(logs, seen):
+        assert entry["curriculum/difficulty"] == pytest.approx(np.mean([by_sequence[x] for x in batch]))

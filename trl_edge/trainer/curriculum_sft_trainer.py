@@ -137,30 +137,39 @@ class CurriculumSFTTrainer(SFTTrainer):
         return self.curriculum_sampler
 
     # ------------------------------------------------------------------ logging
-    def _curriculum_positions(self, start: int, stop: int):
-        """(indices, competence, stage) of the global sample positions [start, stop) of training."""
+    def _curriculum_position(self, step: int) -> tuple[int, int]:
+        """(epoch, sampler position) reached after ``step`` optimizer steps, counted the way the Trainer and
+        accelerate's batch sharding consume the sampler (a short last batch ends the epoch)."""
+        args = self.args
+        per_micro = args.per_device_train_batch_size * max(1, args.world_size)
+        n, accumulation = self.curriculum_sampler.num_samples, args.gradient_accumulation_steps
+        micro = n // per_micro if args.dataloader_drop_last else -(-n // per_micro)
+        updates = max(micro // accumulation + int(micro % accumulation > 0), 1)
+        epoch, done = divmod(step, updates)
+        return epoch, min(done * accumulation * per_micro, n)
+
+    def _curriculum_trained_on(self, first_step: int, last_step: int):
+        """(indices, competence, stage) of the samples trained on between two optimizer steps."""
         sampler = self.curriculum_sampler
-        n = sampler.num_samples
+        (e0, p0), (e1, p1) = self._curriculum_position(first_step), self._curriculum_position(last_step)
         parts = []
-        for epoch in range(start // n, (max(stop, start + 1) - 1) // n + 1):
+        for epoch in range(e0, e1 + 1):
+            lo, hi = (p0 if epoch == e0 else 0), (p1 if epoch == e1 else sampler.num_samples)
             schedule = sampler.schedule(epoch)
-            lo, hi = max(start - epoch * n, 0), min(stop - epoch * n, n)
             parts.append((schedule.indices[lo:hi], schedule.competence[lo:hi], schedule.stage[lo:hi]))
         return tuple(np.concatenate(p) for p in zip(*parts))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training and "loss" in logs:
-            args = self.args
-            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(1, args.world_size)
-            stop = self.state.global_step * per_step
-            start = self._curriculum_logged_upto
-            if start is None or start >= stop:
-                start = max(0, stop - args.logging_steps * per_step)
-            if stop > start:
-                indices, competence, stage = self._curriculum_positions(start, stop)
+        step = self.state.global_step
+        if self.model.training and "loss" in logs and step > 0:
+            first = self._curriculum_logged_upto
+            if first is None or first >= step:  # first log of this run (or of a resumed one)
+                first = max(0, step - self.args.logging_steps)
+            indices, competence, stage = self._curriculum_trained_on(first, step)
+            if len(indices):
                 logs["curriculum/competence"] = float(competence[-1])
                 logs["curriculum/stage"] = int(stage[-1])
                 logs["curriculum/difficulty"] = float(self.curriculum_difficulty[indices].mean())
                 logs["curriculum/difficulty_rank"] = float(self.curriculum_ranks[indices].mean())
-                self._curriculum_logged_upto = stop
+            self._curriculum_logged_upto = step
         super().log(logs, start_time)
