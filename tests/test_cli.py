@@ -107,7 +107,8 @@ def test_lora_flags_train_an_adapter(tmp_path, monkeypatch):
     assert trainable and all("lora_" in n for n in trainable)
 
 
-RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
+RECIPES = sorted((ROOT / "recipes/curriculum_sft").glob("*.yaml"))
+CACHE_RECIPES = sorted((ROOT / "recipes/offline_kd").glob("cache*.yaml"))
 ACCELERATE_CONFIGS = sorted((ROOT / "recipes/accelerate").glob("*.yaml"))
 
 
@@ -117,6 +118,14 @@ def test_every_recipe_parses(recipe):
         ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"]
     )
     assert training_args.curriculum_stages == ["reasoning", "direct"]
+
+
+@pytest.mark.parametrize("recipe", CACHE_RECIPES, ids=lambda p: p.name)
+def test_every_cache_recipe_parses(recipe):
+    from trl_edge.scripts.cache_teacher import make_parser as make_cache_parser
+
+    (args,) = make_cache_parser().parse_args_and_config(["--config", str(recipe)])
+    assert args.teacher and args.dataset and args.output_dir and args.top_k >= 1
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.name)

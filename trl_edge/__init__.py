@@ -21,6 +21,12 @@ _EXPORTS = {
     "difficulty_ranks": "trl_edge.curriculum.scorers",
     "CurriculumSFTConfig": "trl_edge.trainer.curriculum_sft_config",
     "CurriculumSFTTrainer": "trl_edge.trainer.curriculum_sft_trainer",
+    "cache_teacher_logits": "trl_edge.cache.writer",
+    "TeacherLogitCache": "trl_edge.cache.reader",
+    "CacheError": "trl_edge.cache.format",
+    "CacheMetadata": "trl_edge.cache.format",
+    "SFTTokenization": "trl_edge.cache.tokenize",
+    "get_encoding": "trl_edge.cache.encoding",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,17 +1,30 @@
-"""``trl-edge``: the console script. ``trl-edge sft --config recipe.yaml [--flag value ...]``, ``trl-edge env``."""
+"""``trl-edge``: the console script.
+
+trl-edge sft --config recipe.yaml [--flag value ...]     curriculum SFT, under accelerate launch
+trl-edge cache --teacher T --dataset D --output_dir DIR   cache teacher logits, under accelerate launch
+trl-edge cache verify DIR                                 check every shard and sample of a cache
+trl-edge env                                              versions, devices, variables
+"""
 
 from __future__ import annotations
 
 import sys
 from argparse import ArgumentParser
 
-SCRIPTS = {"sft": "Curriculum SFT (CurriculumSFTTrainer), launched with accelerate"}
+# command -> (module in trl_edge.scripts, help)
+SCRIPTS = {
+    "sft": ("sft", "Curriculum SFT (CurriculumSFTTrainer), launched with accelerate"),
+    "cache": (
+        "cache_teacher",
+        "Cache teacher logits once for offline distillation; `cache verify DIR` checks a cache",
+    ),
+}
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="trl-edge", allow_abbrev=False, description="Post-train small LMs for edge devices.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in SCRIPTS.items():
+    for name, (_, help_text) in SCRIPTS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)
     subparsers.add_parser("env", help="Print versions, devices and variables for bug reports")
     return parser
@@ -29,9 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print_env()
         return 0
+    if args.command == "cache" and argv[1:2] == ["verify"]:
+        from .verify import verify_cache
+
+        return verify_cache(argv[2:])
     from .launch import launch_script
 
-    return launch_script(args.command, argv[1:], prog=f"trl-edge {args.command}")
+    module, _ = SCRIPTS[args.command]
+    return launch_script(module, argv[1:], prog=f"trl-edge {args.command}")
 
 
 if __name__ == "__main__":

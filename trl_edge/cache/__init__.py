@@ -1,0 +1,1 @@
+"""Teacher logit cache: score once, store compactly, read exactly."""

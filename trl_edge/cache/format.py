@@ -1,0 +1,169 @@
+"""The on-disk layout of a teacher logit cache, and the small pieces every reader and writer agree on.
+
+A cache is a directory::
+
+    metadata.json               what made the cache and the shard plan (written first, atomically)
+    shard-00000.safetensors     the samples of shard 0 (written atomically: a reader never sees half a shard)
+    shard-00000.json            its seal: sample count, byte size, sha256 (written after the shard, atomically)
+    ...
+
+A shard is complete when its seal exists and matches it. Shard ``i`` always holds the prepared rows
+``[i * shard_size, (i + 1) * shard_size)``, so a rerun knows what is left to do, and any rank can write any shard.
+No pickle anywhere: JSON for metadata, safetensors for arrays.
+
+Shard tensors (``S`` samples, ``T`` tokens in all, ``P`` scored positions in all):
+
+- ``input_ids``, ``labels``: int32 ``[T]``, the exact sequences the teacher scored (labels -100 where SFT has no
+  loss); ``token_offsets``: int64 ``[S + 1]``.
+- ``token_logprobs``: float32 ``[P]``, the teacher's log-prob of the token actually in the sequence;
+  ``position_offsets``: int64 ``[S + 1]``. A sample's scored positions are the ``t`` with ``labels[t + 1] != -100``
+  (the distribution at ``t`` predicts token ``t + 1``).
+- ``blob``: uint8, each sample's top-k ids and log-probs in the cache's encoding; ``blob_offsets``: int64 ``[S + 1]``.
+- ``sample_ids``: uint8 ``[S, 16]``, a hash of the sample's tokens and labels (stable across reruns and shardings).
+- ``crc32``: uint32 ``[S]``, over each sample's tokens, labels, token log-probs and blob, checked on every read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+SAMPLE_ID_BYTES = 16
+
+
+class CacheError(ValueError):
+    """A teacher cache that cannot be used as it is: incomplete, corrupted, or made for another tokenizer."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def seal_name(index: int) -> str:
+    return f"shard-{index:05d}.json"
+
+
+@dataclass
+class CacheMetadata:
+    """What made the cache (teacher, tokenizer, settings) and how it is cut into shards."""
+
+    teacher: str
+    tokenizer_fingerprint: str
+    vocab_size: int
+    top_k: int
+    encoding: str
+    num_samples: int
+    shard_size: int
+    teacher_revision: str | None = None
+    temperature: float = 1.0
+    dataset_fingerprint: str | None = None
+    tokenization: dict = field(default_factory=dict)
+    trl_edge_version: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_samples // self.shard_size)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """The prepared rows ``[start, stop)`` that shard ``index`` holds."""
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, self.num_samples)
+
+    def settings(self) -> dict:
+        """The fields two runs must agree on to write into the same cache."""
+        out = asdict(self)
+        out.pop("trl_edge_version")
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> CacheMetadata:
+        path = Path(directory) / METADATA_FILE
+        if not path.is_file():
+            raise CacheError(
+                f"{directory} is not a teacher cache: it has no {METADATA_FILE}. Make one with `trl-edge cache` "
+                "or `trl_edge.cache_teacher_logits`."
+            )
+        try:
+            raw = json.loads(path.read_text())
+            meta = cls(**raw)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise CacheError(
+                f"{path} is not valid cache metadata ({err}). The cache is corrupted: rebuild it."
+            ) from err
+        if meta.format_version > FORMAT_VERSION:
+            raise CacheError(
+                f"{directory} uses cache format {meta.format_version}; this trl-edge reads up to {FORMAT_VERSION}. "
+                "Upgrade trl-edge."
+            )
+        return meta
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the vocabulary and special tokens: two tokenizers with the same one map text to the same ids."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    special = sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items())
+    payload = json.dumps({"vocab": vocab, "special": special}, ensure_ascii=False).encode()
+    return hashlib.sha256(payload).hexdigest()[:32]
+
+
+def sample_id(input_ids: np.ndarray, labels: np.ndarray) -> bytes:
+    """A content id: the same tokens and loss mask give the same id, whatever the row's position."""
+    h = hashlib.blake2b(digest_size=SAMPLE_ID_BYTES)
+    h.update(np.ascontiguousarray(input_ids, dtype="<i4").tobytes())
+    h.update(np.ascontiguousarray(labels != -100, dtype=np.uint8).tobytes())
+    return h.digest()
+
+
+def sample_crc(*parts: np.ndarray) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(np.ascontiguousarray(part).view(np.uint8).reshape(-1), crc)
+    return crc
+
+
+def scored_positions(labels: np.ndarray) -> np.ndarray:
+    """Positions ``t`` whose next token carries loss: where the teacher's distribution is kept."""
+    return np.flatnonzero(np.asarray(labels)[1:] != -100)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees either nothing or all of it, even if the writer is killed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
