@@ -30,13 +30,22 @@ def trl_edge(*args, env=ENV, timeout=300):
 def test_help_lists_the_subcommands():
     result = trl_edge("--help")
     assert result.returncode == 0
-    assert "sft" in result.stdout and "env" in result.stdout
+    for command in ("sft", "cache", "kd", "env"):
+        assert command in result.stdout
 
 
-def test_sft_help_shows_curriculum_and_model_flags():
-    result = trl_edge("sft", "--help")
+@pytest.mark.parametrize(
+    "command, flags",
+    [
+        ("sft", ("--curriculum_pacing", "--curriculum_stage_column", "--use_peft", "--lora_r", "--dataset_name")),
+        ("kd", ("--teacher_cache", "--kd_weight", "--divergence", "--tail", "--use_peft", "--curriculum_pacing")),
+        ("cache", ("--teacher", "--dataset", "--top_k", "--encoding", "--shard_size", "--backend")),
+    ],
+)
+def test_subcommand_help_shows_its_flags(command, flags):
+    result = trl_edge(command, "--help")
     assert result.returncode == 0, result.stderr
-    for flag in ("--curriculum_pacing", "--curriculum_stage_column", "--use_peft", "--lora_r", "--dataset_name"):
+    for flag in flags:
         assert flag in result.stdout
 
 
@@ -58,7 +67,7 @@ def test_import_and_cli_help_never_import_torch_npu(tmp_path):
         "assert 'torch_npu' not in sys.modules"
     )
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
-    for args in (("--help",), ("env",)):
+    for args in (("--help",), ("env",), ("cache", "verify", "--help")):
         result = trl_edge(*args, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
 
@@ -137,10 +146,14 @@ def test_every_accelerate_config_loads(config):
 
 
 @pytest.mark.slow
-def test_the_example_runs(tmp_path):
+@pytest.mark.parametrize(
+    "script, extra",
+    [("examples/curriculum_sft.py", []), ("examples/gkd_to_offline_kd.py", ["--num_prompts", "8"])],
+)
+def test_the_examples_run(tmp_path, script, extra):
     out = tmp_path / "example"
     result = subprocess.run(
-        [sys.executable, "examples/curriculum_sft.py", "--max_steps", "2", "--output_dir", str(out)],
+        [sys.executable, script, "--max_steps", "2", "--output_dir", str(out), *extra],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -149,3 +162,30 @@ def test_the_example_runs(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
+
+
+def test_kd_recipes_parse_and_the_tiny_one_trains(tmp_path, monkeypatch):
+    from trl_edge.cache.writer import cache_teacher_logits
+    from trl_edge.scripts.cache_teacher import make_parser as make_cache_parser
+    from trl_edge.scripts.kd import make_parser as make_kd_parser
+    from trl_edge.scripts.kd import run as run_kd
+
+    for recipe in sorted((ROOT / "recipes/offline_kd").glob("kd*.yaml")):
+        training_args, _ = make_kd_parser().parse_args_and_config(
+            ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"]
+        )
+        assert training_args.teacher_cache and 0 < training_args.kd_weight <= 1
+    monkeypatch.chdir(ROOT)
+    (cache_args,) = make_cache_parser().parse_args_and_config(["--config", "recipes/offline_kd/cache_tiny.yaml"])
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    data = load_dataset(cache_args.dataset)["train"].select(range(16))
+    tokenizer = AutoTokenizer.from_pretrained(cache_args.teacher)
+    cache_teacher_logits(cache_args.teacher, tokenizer, data, tmp_path / "cache", top_k=cache_args.top_k)
+    out = tmp_path / "kd"
+    trainer = run_kd(
+        ["--config", "recipes/offline_kd/kd_tiny.yaml", "--teacher_cache", str(tmp_path / "cache"),
+         "--output_dir", str(out), "--max_steps", "2", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    assert (out / "model.safetensors").is_file() and trainer.state.global_step == 2

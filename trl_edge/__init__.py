@@ -27,6 +27,13 @@ _EXPORTS = {
     "CacheMetadata": "trl_edge.cache.format",
     "SFTTokenization": "trl_edge.cache.tokenize",
     "get_encoding": "trl_edge.cache.encoding",
+    "OfflineOnPolicyKDConfig": "trl_edge.trainer.offline_kd_config",
+    "OfflineOnPolicyKDTrainer": "trl_edge.trainer.offline_kd_trainer",
+    "CachedKDCollator": "trl_edge.trainer.offline_kd_trainer",
+    "chunked_kd_loss": "trl_edge.losses",
+    "sparse_divergence": "trl_edge.losses",
+    "KDLossOutput": "trl_edge.losses",
+    "DIVERGENCES": "trl_edge.losses",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -3,6 +3,7 @@
 trl-edge sft --config recipe.yaml [--flag value ...]     curriculum SFT, under accelerate launch
 trl-edge cache --teacher T --dataset D --output_dir DIR   cache teacher logits, under accelerate launch
 trl-edge cache verify DIR                                 check every shard and sample of a cache
+trl-edge kd --config recipe.yaml                          distil from a teacher cache, under accelerate launch
 trl-edge env                                              versions, devices, variables
 """
 
@@ -18,6 +19,7 @@ SCRIPTS = {
         "cache_teacher",
         "Cache teacher logits once for offline distillation; `cache verify DIR` checks a cache",
     ),
+    "kd": ("kd", "Offline on-policy distillation from a teacher cache (OfflineOnPolicyKDTrainer)"),
 }
 
 

@@ -2,5 +2,13 @@
 
 from .curriculum_sft_config import CurriculumSFTConfig
 from .curriculum_sft_trainer import CurriculumSFTTrainer
+from .offline_kd_config import OfflineOnPolicyKDConfig
+from .offline_kd_trainer import CachedKDCollator, OfflineOnPolicyKDTrainer
 
-__all__ = ["CurriculumSFTConfig", "CurriculumSFTTrainer"]
+__all__ = [
+    "CachedKDCollator",
+    "CurriculumSFTConfig",
+    "CurriculumSFTTrainer",
+    "OfflineOnPolicyKDConfig",
+    "OfflineOnPolicyKDTrainer",
+]

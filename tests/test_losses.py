@@ -1,0 +1,575 @@
+"""trl_edge.losses: every divergence against a dense reference computed another way, and the chunked loss against an
+unchunked autograd reference."""
+
+import ast
+import gc
+import importlib.util
+import math
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_edge.losses import DIVERGENCES, TAIL_FLOOR, TAIL_MODES, KDLossOutput, chunked_kd_loss, sparse_divergence
+
+F64 = torch.float64
+SUPPORT_DIVERGENCES = tuple(d for d in DIVERGENCES if d != "sampled_reverse_kl")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    # The tensors here are tiny: intra-op threads only add synchronisation (10-30x slower on a busy 2-core box)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trl_gjsd():
+    """TRL's own ``GKDTrainer.generalized_jsd_loss``, compiled from the installed source.
+
+    Importing ``trl.experimental.gkd`` pulls in the whole Trainer stack (10-20 s on a small CPU box) for one
+    static method that only needs torch; so the method's code is read from the installed file and compiled on its own.
+    """
+    origin = importlib.util.find_spec("trl").origin
+    path = Path(origin).parent / "experimental" / "gkd" / "gkd_trainer.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == "generalized_jsd_loss":
+            node.decorator_list = []  # @staticmethod
+            namespace = {"torch": torch, "F": torch.nn.functional}
+            exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+            return namespace["generalized_jsd_loss"]
+    pytest.fail(f"generalized_jsd_loss not found in {path}")
+
+
+def _generator(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _teacher(n, vocab, k, seed=0, scale=2.0, dtype=F64):
+    """A full teacher distribution at T=1 and its cached top-k (sorted descending)."""
+    full = torch.log_softmax(scale * torch.randn(n, vocab, generator=_generator(seed), dtype=F64), -1)
+    lp, ids = full.sort(-1, descending=True)
+    return full.to(dtype), ids[:, :k].contiguous(), lp[:, :k].to(dtype).contiguous()
+
+
+def _student_logits(n, vocab, seed=1, dtype=F64):
+    return (1.5 * torch.randn(n, vocab, generator=_generator(seed), dtype=F64)).to(dtype).requires_grad_()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# k = V: the TRL generalized JSD, exactly
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 0.7])
+@pytest.mark.parametrize("tail", TAIL_MODES)
+@pytest.mark.parametrize(
+    "divergence, beta",
+    [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.0), ("jsd", 0.1), ("jsd", 0.5), ("jsd", 0.9), ("jsd", 1.0)],
+)
+def test_full_support_matches_trl_generalized_jsd(trl_gjsd, divergence, beta, tail, temperature):
+    n, vocab = 6, 40
+    full, ids, lp = _teacher(n, vocab, vocab)
+    teacher_logits = full + 0.7  # TRL takes logits: any logits whose softmax at T=1 is the cached distribution
+    student_logits = _student_logits(n, vocab)
+
+    ours = sparse_divergence(
+        torch.log_softmax(student_logits / temperature, -1),
+        ids,
+        lp,
+        None,
+        None,
+        divergence=divergence,
+        beta=beta,
+        temperature=temperature,
+        tail=tail,
+    )
+    ref = temperature**2 * trl_gjsd(
+        student_logits, teacher_logits, labels=None, beta=beta, temperature=temperature, reduction="none"
+    ).sum(-1)
+    assert ours.shape == (n,) and ours.dtype == F64
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    weights = torch.rand(n, generator=_generator(3), dtype=F64)  # a non-uniform upstream gradient
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), student_logits)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), student_logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# k < V: a dense (k + 1)-outcome reference in float64 with plain torch ops
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _dense_outcomes(student_logits, ids, teacher_lp, temperature, tail):
+    """Explicit probability vectors (p, q) over the k ids (+ tail), built from probabilities (not log-space)."""
+    q_full = torch.softmax(student_logits / temperature, -1)
+    q_ids = q_full.gather(-1, ids)
+    p_ids = teacher_lp.exp()
+    if tail == "renormalize":
+        q = q_ids / q_ids.sum(-1, keepdim=True)
+        w = p_ids ** (1.0 / temperature)
+        return w / w.sum(-1, keepdim=True), q
+    outside = torch.ones_like(q_full).scatter(-1, ids, 0.0)
+    q_tail = (q_full * outside).sum(-1, keepdim=True)
+    p_tail = (1.0 - p_ids.sum(-1, keepdim=True)).clamp(min=0.0)
+    w = torch.cat([p_ids, p_tail], -1) ** (1.0 / temperature)
+    p = w / w.sum(-1, keepdim=True)
+    p = torch.cat([p[:, :-1], p[:, -1:].clamp(min=TAIL_FLOOR)], -1)
+    return p, torch.cat([q_ids, q_tail], -1)
+
+
+def _dense_divergence(p, q, divergence, beta, alpha):
+    def kl(a, b):
+        return (a * (a / b).log()).sum(-1)
+
+    if divergence == "forward_kl":
+        return kl(p, q)
+    if divergence == "reverse_kl":
+        return kl(q, p)
+    if divergence == "jsd":
+        m = beta * p + (1 - beta) * q
+        return beta * kl(p, m) + (1 - beta) * kl(q, m) if 0 < beta < 1 else (kl(p, q) if beta == 0 else kl(q, p))
+    if divergence == "skew_forward_kl":
+        return kl(p, alpha * p + (1 - alpha) * q)
+    if divergence == "skew_reverse_kl":
+        return kl(q, alpha * q + (1 - alpha) * p)
+    assert divergence == "tvd"
+    return 0.5 * (p - q).abs().sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("tail", TAIL_MODES)
+@pytest.mark.parametrize("divergence", SUPPORT_DIVERGENCES)
+def test_sparse_divergence_matches_dense_reference(divergence, tail, temperature):
+    n, vocab, k = 9, 30, 5
+    _, ids, lp = _teacher(n, vocab, k, scale=1.0)  # a real tail: about half the mass is outside the top-5
+    student_logits = _student_logits(n, vocab)
+    beta, alpha = 0.3, 0.2
+    ours = sparse_divergence(
+        torch.log_softmax(student_logits / temperature, -1),
+        ids,
+        lp,
+        None,
+        None,
+        divergence=divergence,
+        beta=beta,
+        skew_alpha=alpha,
+        temperature=temperature,
+        tail=tail,
+    )
+    p, q = _dense_outcomes(student_logits, ids, lp, temperature, tail)
+    ref = temperature**2 * _dense_divergence(p, q, divergence, beta, alpha)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    weights = torch.rand(n, generator=_generator(3), dtype=F64)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), student_logits)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), student_logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("divergence", SUPPORT_DIVERGENCES)
+def test_no_teacher_tail_uses_the_floor_and_stays_finite(divergence):
+    # The top-k holds all the teacher's mass while the student spreads mass everywhere: reverse KL must stay finite
+    n, vocab, k = 5, 20, 4
+    ids = torch.stack([torch.randperm(vocab, generator=_generator(i))[:k] for i in range(n)])
+    lp = torch.log_softmax(torch.randn(n, k, generator=_generator(7), dtype=F64), -1).sort(-1, descending=True)[0]
+    student_logits = _student_logits(n, vocab)
+    ours = sparse_divergence(
+        torch.log_softmax(student_logits, -1), ids, lp, None, None, divergence=divergence, skew_alpha=0.1
+    )
+    p, q = _dense_outcomes(student_logits, ids, lp, 1.0, "bucket")
+    assert torch.allclose(p[:, -1], torch.full((n,), TAIL_FLOOR, dtype=F64), rtol=1e-3, atol=0)
+    ref = _dense_divergence(p, q, divergence, 0.5, 0.1)
+    torch.testing.assert_close(ours, ref, rtol=1e-8, atol=1e-10)
+    (grad,) = torch.autograd.grad(ours.sum(), student_logits)
+    assert torch.isfinite(ours).all() and torch.isfinite(grad).all()
+
+
+def test_bucket_and_renormalize_agree_when_student_has_no_tail():
+    # Same support for both: with p_tail = 0 (floored) and q_tail ~ 0, forward KL is the same in both modes
+    n, vocab, k = 4, 12, 3
+    ids = torch.arange(k).repeat(n, 1)
+    lp = torch.log_softmax(torch.randn(n, k, generator=_generator(2), dtype=F64), -1).sort(-1, descending=True)[0]
+    logits = torch.full((n, vocab), -60.0, dtype=F64)
+    logits[:, :k] = torch.randn(n, k, generator=_generator(4), dtype=F64)
+    s = torch.log_softmax(logits, -1)
+    bucket = sparse_divergence(s, ids, lp, None, None, tail="bucket")
+    renorm = sparse_divergence(s, ids, lp, None, None, tail="renormalize")
+    torch.testing.assert_close(bucket, renorm, rtol=0, atol=1e-10)
+
+
+def test_skew_limits_and_tvd_bounds():
+    n, vocab, k = 6, 25, 6
+    _, ids, lp = _teacher(n, vocab, k)
+    s = torch.log_softmax(_student_logits(n, vocab).detach(), -1)
+
+    def div(name, **kw):
+        return sparse_divergence(s, ids, lp, None, None, divergence=name, **kw)
+
+    torch.testing.assert_close(div("skew_forward_kl", skew_alpha=0.0), div("forward_kl"))
+    torch.testing.assert_close(div("skew_reverse_kl", skew_alpha=0.0), div("reverse_kl"))
+    torch.testing.assert_close(div("skew_forward_kl", skew_alpha=1.0), torch.zeros(n, dtype=F64))
+    assert (div("skew_forward_kl", skew_alpha=0.5) < div("forward_kl")).all()
+    tvd = div("tvd")
+    assert ((tvd >= 0) & (tvd <= 1)).all()
+
+
+def test_float32_inputs_compute_in_float32():
+    n, vocab, k = 5, 30, 4
+    _, ids, lp = _teacher(n, vocab, k, dtype=torch.float32)
+    logits = _student_logits(n, vocab, dtype=torch.float32)
+    out = sparse_divergence(torch.log_softmax(logits, -1), ids, lp, None, None, divergence="reverse_kl")
+    assert out.dtype == torch.float32
+    ref = sparse_divergence(
+        torch.log_softmax(logits.double(), -1), ids, lp.double(), None, None, divergence="reverse_kl"
+    )
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sampled_reverse_kl
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampled_reverse_kl_value_and_score_function_gradient(temperature):
+    n, vocab, k = 8, 30, 6
+    full, ids, lp = _teacher(n, vocab, k, scale=1.0)
+    target = torch.randint(0, vocab, (n,), generator=_generator(5))
+    token_lp = full.gather(-1, target[:, None]).squeeze(-1)
+    logits = _student_logits(n, vocab)
+    ours = sparse_divergence(
+        torch.log_softmax(logits / temperature, -1),
+        ids,
+        lp,
+        token_lp,
+        target,
+        divergence="sampled_reverse_kl",
+        tail="renormalize",  # the tail mode does not change this estimator
+        temperature=temperature,
+    )
+    # Reference, from probabilities: q_T(y), and p_T(y) normalised over the k ids + the tail bucket tempered as one
+    q_y = torch.softmax(logits / temperature, -1).gather(-1, target[:, None]).squeeze(-1)
+    if temperature == 1.0:
+        log_p_y = token_lp
+    else:
+        p_tail = 1.0 - lp.exp().sum(-1)
+        z = (lp.exp() ** (1 / temperature)).sum(-1) + p_tail ** (1 / temperature)
+        log_p_y = (token_lp.exp() ** (1 / temperature) / z).log()
+    d = q_y.log().detach() - log_p_y
+    torch.testing.assert_close(ours, temperature**2 * d, rtol=1e-12, atol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    (g_ref,) = torch.autograd.grad((temperature**2 * d * q_y.log()).sum(), logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_sampled_reverse_kl_value_is_exactly_logq_minus_logp_at_t1():
+    n, vocab, k = 7, 20, 3
+    full, ids, lp = _teacher(n, vocab, k)
+    target = torch.randint(0, vocab, (n,), generator=_generator(9))
+    token_lp = full.gather(-1, target[:, None]).squeeze(-1)
+    s = torch.log_softmax(_student_logits(n, vocab), -1)
+    out = sparse_divergence(s, ids, lp, token_lp, target, divergence="sampled_reverse_kl")
+    assert torch.equal(out, s.gather(-1, target[:, None]).squeeze(-1) - token_lp)
+
+
+def test_sampled_reverse_kl_is_unbiased_for_reverse_kl():
+    # With k = V, E_{y ~ q}[estimate] is KL(q || p) and E_{y ~ q}[gradient] is its gradient (enumerate every y)
+    n, vocab = 3, 10
+    full, ids, lp = _teacher(n, vocab, vocab)
+    logits = _student_logits(n, vocab)
+    s = torch.log_softmax(logits, -1)
+    q = s.exp().detach()
+    value, grad = 0.0, torch.zeros_like(logits)
+    for y in range(vocab):
+        target = torch.full((n,), y)
+        est = sparse_divergence(
+            s, ids, lp, full[:, y], target, divergence="sampled_reverse_kl"
+        )  # per position, y fixed
+        (g,) = torch.autograd.grad((q[:, y] * est).sum(), logits, retain_graph=True)
+        value = value + q[:, y] * est.detach()
+        grad = grad + g
+    exact = sparse_divergence(s, ids, lp, None, None, divergence="reverse_kl")
+    torch.testing.assert_close(value, exact.detach(), rtol=1e-10, atol=1e-12)
+    (g_exact,) = torch.autograd.grad(exact.sum(), logits)
+    torch.testing.assert_close(grad, g_exact, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chunked_kd_loss
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _kd_problem(n=37, hidden_size=16, vocab=50, k=8, dtype=F64, bias=True, seed=0):
+    g = _generator(seed)
+    hidden = torch.randn(n, hidden_size, generator=g, dtype=F64).to(dtype).requires_grad_()
+    weight = (0.5 * torch.randn(vocab, hidden_size, generator=g, dtype=F64)).to(dtype).requires_grad_()
+    b = (0.1 * torch.randn(vocab, generator=g, dtype=F64)).to(dtype).requires_grad_() if bias else None
+    full = torch.log_softmax(2 * torch.randn(n, vocab, generator=g, dtype=F64), -1)
+    lp, ids = full.topk(k, -1)
+    target = torch.randint(0, vocab, (n,), generator=g)
+    token_lp = full.gather(-1, target[:, None]).squeeze(-1)
+    return hidden, weight, b, ids, lp, token_lp, target
+
+
+def _reference_loss(hidden, weight, bias, ids, lp, token_lp, target, *, kd_weight, normalizer, **kw):
+    """Unchunked: full logits in float64, then sparse_divergence + CE, plain autograd."""
+    h, w = hidden.double(), weight.double()
+    logits = h @ w.T + (bias.double() if bias is not None else 0.0)
+    t = kw.get("temperature", 1.0)
+    kd = sparse_divergence(torch.log_softmax(logits / t, -1), ids, lp.double(), token_lp.double(), target, **kw)
+    logprobs = torch.log_softmax(logits, -1)
+    ce = -logprobs.gather(-1, target[:, None]).squeeze(-1)
+    loss = (kd_weight * kd.sum() + (1 - kd_weight) * ce.sum()) / normalizer
+    return loss, kd.detach(), ce.detach(), logits.detach(), logprobs.detach()
+
+
+def _grads(loss, tensors):
+    tensors = [x for x in tensors if x is not None]
+    return torch.autograd.grad(loss, tensors)
+
+
+@pytest.mark.parametrize(
+    "divergence, tail, temperature, kd_weight, chunk_size",
+    [
+        ("forward_kl", "bucket", 1.0, 0.9, 8),
+        ("forward_kl", "bucket", 1.0, 0.9, 64),
+        ("forward_kl", "bucket", 1.0, 0.0, 8),
+        ("forward_kl", "bucket", 1.0, 1.0, 8),
+        ("reverse_kl", "renormalize", 2.0, 0.9, 8),
+        ("reverse_kl", "renormalize", 2.0, 1.0, 37),
+        ("jsd", "bucket", 1.5, 0.9, 8),
+        ("jsd", "renormalize", 1.0, 0.5, 64),
+        ("skew_forward_kl", "bucket", 1.0, 0.9, 10),
+        ("skew_reverse_kl", "bucket", 1.0, 1.0, 8),
+        ("tvd", "renormalize", 1.0, 0.9, 8),
+        ("sampled_reverse_kl", "bucket", 2.0, 0.9, 8),
+        ("sampled_reverse_kl", "bucket", 1.0, 1.0, 64),
+    ],
+)
+def test_chunked_matches_unchunked_float64(divergence, tail, temperature, kd_weight, chunk_size):
+    problem = _kd_problem()
+    hidden, weight, bias = problem[:3]
+    kw = dict(divergence=divergence, tail=tail, temperature=temperature, beta=0.3, skew_alpha=0.2)
+    normalizer = torch.tensor(29)  # an integer token count, as the trainer passes it
+    out = chunked_kd_loss(*problem, kd_weight=kd_weight, normalizer=normalizer, chunk_size=chunk_size, **kw)
+    ref, kd, ce, logits, logprobs = _reference_loss(*problem, kd_weight=kd_weight, normalizer=29.0, **kw)
+    assert isinstance(out, KDLossOutput) and out.num_positions == 37
+    assert out.loss.dtype == F64 and out.loss.shape == ()
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(_grads(out.loss, problem[:3]), _grads(ref, problem[:3]), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # Stats against direct computations
+    torch.testing.assert_close(out.kd_sum, kd.sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.ce_sum, ce.sum(), rtol=1e-12, atol=1e-12)
+    ids, lp = problem[3], problem[4]
+    assert out.top1_agreement_sum.item() == (logits.argmax(-1) == ids[:, 0]).sum().item()
+    torch.testing.assert_close(out.student_entropy_sum, -(logprobs.exp() * logprobs).sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.teacher_tail_mass_sum, (1 - lp.exp().sum(-1)).clamp(min=0).sum())
+    for stat in (out.kd_sum, out.ce_sum, out.top1_agreement_sum, out.student_entropy_sum, out.teacher_tail_mass_sum):
+        assert not stat.requires_grad and stat.shape == ()
+
+
+def test_chunked_top1_agreement_counts_matches():
+    hidden, weight, bias, ids, lp, token_lp, target = _kd_problem(n=10)
+    with torch.no_grad():
+        student_top1 = (hidden @ weight.T + bias).argmax(-1)
+    ids = ids.clone()
+    ids[:6, 0] = student_top1[:6]  # exactly these six agree (the other rows: forced disagreement)
+    ids[6:, 0] = (student_top1[6:] + 1) % weight.shape[0]
+    out = chunked_kd_loss(hidden, weight, bias, ids, lp, token_lp, target, chunk_size=3)
+    assert out.top1_agreement_sum.item() == 6
+
+
+def test_chunked_float_normalizer_no_bias_and_backward_scaling():
+    hidden, weight, _, ids, lp, token_lp, target = _kd_problem(bias=False)
+    out = chunked_kd_loss(hidden, weight, None, ids, lp, token_lp, target, normalizer=3.5, chunk_size=5)
+    ref = _reference_loss(hidden, weight, None, ids, lp, token_lp, target, kd_weight=0.9, normalizer=3.5)[0]
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=1e-12)
+    # backward() with an upstream gradient != 1 (e.g. a loss scale) scales every gradient
+    (3.0 * out.loss).backward()
+    g_ref = _grads(3.0 * ref, (hidden, weight))
+    torch.testing.assert_close(hidden.grad, g_ref[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weight.grad, g_ref[1], rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_frozen_head_gets_no_gradient():
+    hidden, weight, bias, *teacher = _kd_problem()
+    weight, bias = weight.detach(), bias.detach()
+    out = chunked_kd_loss(hidden, weight, bias, *teacher, chunk_size=8)
+    ref = _reference_loss(hidden, weight, bias, *teacher, kd_weight=0.9, normalizer=1.0)[0]
+    out.loss.backward()
+    (g_ref,) = _grads(ref, (hidden,))
+    torch.testing.assert_close(hidden.grad, g_ref, rtol=1e-10, atol=1e-12)
+    assert weight.grad is None and bias.grad is None
+
+
+def test_chunked_keeps_no_logits_for_backward():
+    # Of the tensors saved for backward, only the gradients ([N, H], [V, H], [V]) outlive the forward pass: no chunk's
+    # [chunk, V] logits (nor any [N, V] tensor) stays alive in the graph
+    problem = _kd_problem(n=37, hidden_size=16, vocab=50)
+    saved = []
+
+    def pack(t):
+        saved.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = chunked_kd_loss(*problem, chunk_size=8, normalizer=torch.tensor(4.0))
+    gc.collect()
+    alive = {tuple(ref().shape) for ref in saved if ref() is not None}
+    assert alive <= {(37, 16), (50, 16), (50,), ()}, alive
+    out.loss.backward()
+
+
+def test_chunked_without_grad_mode_matches():
+    problem = _kd_problem()
+    with torch.no_grad():
+        out = chunked_kd_loss(*problem, chunk_size=8, divergence="jsd")
+    ref = _reference_loss(*problem, kd_weight=0.9, normalizer=1.0, divergence="jsd")[0]
+    assert out.loss.grad_fn is None
+    torch.testing.assert_close(out.loss, ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_empty_batch_returns_zero_loss_that_backprops_zeros():
+    hidden, weight, bias, ids, lp, token_lp, target = _kd_problem()
+    empty = hidden.detach()[:0].requires_grad_()
+    for normalizer in (torch.tensor(0), 1.0, 0.0):
+        out = chunked_kd_loss(
+            empty, weight, bias, ids[:0], lp[:0], token_lp[:0], target[:0], normalizer=normalizer, chunk_size=4
+        )
+        assert out.num_positions == 0 and out.loss.item() == 0.0 and out.loss.requires_grad
+        for stat in (out.kd_sum, out.ce_sum, out.top1_agreement_sum, out.student_entropy_sum):
+            assert stat.item() == 0.0
+        out.loss.backward()
+        assert empty.grad.shape == (0, 16)
+        assert torch.count_nonzero(weight.grad) == 0 and torch.count_nonzero(bias.grad) == 0
+        weight.grad = bias.grad = empty.grad = None
+
+
+@pytest.mark.parametrize("head_dtype", [torch.bfloat16, torch.float32])
+def test_chunked_bf16_hidden(head_dtype):
+    hidden, weight, bias, *teacher = _kd_problem(n=37, hidden_size=32, vocab=64, k=8)
+    params = [hidden.detach().to(torch.bfloat16)] + [x.detach().to(head_dtype) for x in (weight, bias)]
+    params = [x.requires_grad_() for x in params]
+    teacher[1], teacher[2] = teacher[1].float(), teacher[2].float()  # the cache's float32 log-probs
+    kw = dict(divergence="reverse_kl", temperature=2.0)
+    out = chunked_kd_loss(*params, *teacher, chunk_size=8, **kw)
+    assert out.loss.dtype == torch.float32
+    # Reference: the same (rounded) values in float64
+    params64 = [x.detach().double().requires_grad_() for x in params]
+    ref = _reference_loss(*params64, *teacher, kd_weight=0.9, normalizer=1.0, **kw)[0]
+    torch.testing.assert_close(out.loss.double(), ref, rtol=1e-5, atol=1e-5)
+    got = torch.autograd.grad(out.loss, params)
+    for g, want, x in zip(got, _grads(ref, params64), params, strict=True):
+        assert g.dtype == x.dtype
+        torch.testing.assert_close(g.double(), want, rtol=1e-2, atol=1e-2 * want.abs().max().item())
+
+
+def test_chunked_float32_matches_float64_reference():
+    hidden, weight, bias, *teacher = _kd_problem()
+    args32 = [x.detach().float().requires_grad_() for x in (hidden, weight, bias)]
+    out = chunked_kd_loss(*args32, *teacher, chunk_size=16, divergence="skew_forward_kl")
+    args64 = [x.detach().double().requires_grad_() for x in args32]
+    ref = _reference_loss(*args64, *teacher, kd_weight=0.9, normalizer=1.0, divergence="skew_forward_kl")[0]
+    torch.testing.assert_close(out.loss.double(), ref, rtol=1e-5, atol=1e-5)
+    for g, w in zip(torch.autograd.grad(out.loss, args32), _grads(ref, args64), strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_ignores_autocast():
+    # The Trainer's bf16 mixed precision runs the loss under autocast: the projection must still be float32
+    args32 = [x.detach().float().requires_grad_() for x in _kd_problem()[:3]]
+    teacher = _kd_problem()[3:]
+    plain = chunked_kd_loss(*args32, *teacher, chunk_size=8)
+    grads = torch.autograd.grad(plain.loss, args32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = chunked_kd_loss(*args32, *teacher, chunk_size=8)
+        assert mixed.loss.dtype == torch.float32
+        mixed_grads = torch.autograd.grad(mixed.loss, args32)
+    torch.testing.assert_close(mixed.loss, plain.loss, rtol=0, atol=0)
+    for a, b in zip(mixed_grads, grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_divergence_or_tail_lists_the_choices():
+    hidden, weight, bias, ids, lp, token_lp, target = _kd_problem(n=4)
+    s = torch.log_softmax(torch.randn(4, 50, dtype=F64), -1)
+    with pytest.raises(ValueError, match="kl_div") as err:
+        sparse_divergence(s, ids, lp, token_lp, target, divergence="kl_div")
+    assert all(name in str(err.value) for name in DIVERGENCES)
+    with pytest.raises(ValueError, match="drop") as err:
+        chunked_kd_loss(hidden, weight, bias, ids, lp, token_lp, target, tail="drop")
+    assert all(name in str(err.value) for name in TAIL_MODES)
+    with pytest.raises(ValueError, match="forward_kl"):
+        chunked_kd_loss(hidden, weight, bias, ids, lp, token_lp, target, divergence="fkl")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(beta=1.5), "beta"),
+        (dict(skew_alpha=-0.1), "skew_alpha"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(kd_weight=1.2), "kd_weight"),
+        (dict(chunk_size=0), "chunk_size"),
+        (dict(normalizer=-1.0), "normalizer"),
+        (dict(normalizer=torch.ones(2)), "normalizer"),
+    ],
+)
+def test_bad_options_raise(kwargs, match):
+    problem = _kd_problem(n=4)
+    with pytest.raises(ValueError, match=match):
+        chunked_kd_loss(*problem, **kwargs)
+
+
+def test_shape_mismatches_raise_clear_errors():
+    hidden, weight, bias, ids, lp, token_lp, target = _kd_problem(n=6, vocab=50, k=8)
+    s = torch.log_softmax(torch.randn(6, 50, dtype=F64), -1)
+    with pytest.raises(ValueError, match="teacher_logprobs must have the shape"):
+        sparse_divergence(s, ids, lp[:, :5], None, None)
+    with pytest.raises(ValueError, match="teacher_ids must be"):
+        sparse_divergence(s, ids[:4], lp[:4], None, None)
+    with pytest.raises(ValueError, match="target_ids must be"):
+        sparse_divergence(s, ids, lp, token_lp, target[:3], divergence="sampled_reverse_kl")
+    with pytest.raises(ValueError, match="needs teacher_token_logprobs"):
+        sparse_divergence(s, ids, lp, None, target, divergence="sampled_reverse_kl")
+    with pytest.raises(ValueError, match="more than the vocabulary"):
+        sparse_divergence(s[:, :5], ids, lp, None, None)
+    with pytest.raises(ValueError, match="student_logprobs must be"):
+        sparse_divergence(s[0], ids, lp, None, None)
+    with pytest.raises(ValueError, match="integer"):
+        sparse_divergence(s, ids.double(), lp, None, None)
+    with pytest.raises(ValueError, match="weight must be"):
+        chunked_kd_loss(hidden, weight[:, :5], bias, ids, lp, token_lp, target)
+    with pytest.raises(ValueError, match="bias must be"):
+        chunked_kd_loss(hidden, weight, bias[:7], ids, lp, token_lp, target)
+    with pytest.raises(ValueError, match="hidden must be"):
+        chunked_kd_loss(hidden[None], weight, bias, ids, lp, token_lp, target)
+    with pytest.raises(ValueError, match="teacher_token_logprobs must be"):
+        chunked_kd_loss(hidden, weight, bias, ids, lp, token_lp[:2], target)
+    with pytest.raises(ValueError, match="target_ids must be"):
+        chunked_kd_loss(hidden, weight, bias, ids, lp, token_lp, target[:-1])
+
+
+def test_divergences_are_nonnegative_and_zero_at_the_teacher():
+    # Student == teacher on a k = V support: every exact divergence is 0
+    n, vocab = 4, 16
+    full, ids, lp = _teacher(n, vocab, vocab)
+    for divergence in SUPPORT_DIVERGENCES:
+        for tail in TAIL_MODES:
+            out = sparse_divergence(full, ids, lp, None, None, divergence=divergence, tail=tail)
+            assert out.abs().max() < 1e-12, (divergence, tail)
+    s = torch.log_softmax(torch.randn(n, vocab, dtype=F64, generator=_generator(8)), -1)
+    for divergence in SUPPORT_DIVERGENCES:
+        assert (sparse_divergence(s, ids[:, :5], lp[:, :5], None, None, divergence=divergence) >= -1e-12).all()
+    assert math.isclose(TAIL_FLOOR, 1e-12)

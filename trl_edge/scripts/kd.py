@@ -1,0 +1,66 @@
+"""Offline distillation script: ``trl-edge kd --config recipe.yaml`` or ``accelerate launch recipes/offline_kd.py``.
+
+The data is a teacher cache (``teacher_cache``, made by ``trl-edge cache``); ModelConfig flags give LoRA and dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def main(training_args, model_args):
+    import transformers
+    from packaging.version import Version
+    from trl import get_peft_config, get_quantization_config
+
+    from trl_edge.trainer.offline_kd_trainer import OfflineOnPolicyKDTrainer
+
+    model_init_kwargs = dict(
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
+    )
+    if training_args.model_init_kwargs is not None:
+        model_init_kwargs.update(training_args.model_init_kwargs)
+    training_args.model_init_kwargs = model_init_kwargs
+    if not training_args.teacher_cache:
+        raise ValueError("Set `teacher_cache`: the directory `trl-edge cache` wrote.")
+
+    trainer = OfflineOnPolicyKDTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        quantization_config=get_quantization_config(model_args),
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    if Version(transformers.__version__) >= Version("5.18.0"):
+        trainer.end()
+    return trainer
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    from trl import ModelConfig, TrlParser
+
+    from trl_edge.trainer.offline_kd_config import OfflineOnPolicyKDConfig
+
+    dataclass_types = (OfflineOnPolicyKDConfig, ModelConfig)
+    if subparsers is not None:
+        return subparsers.add_parser(
+            "kd", help="Offline distillation from a teacher cache", dataclass_types=dataclass_types
+        )
+    return TrlParser(dataclass_types, prog=prog)
+
+
+def run(argv: list[str] | None = None):
+    training_args, model_args = make_parser().parse_args_and_config(argv, fail_with_unknown_args=True)
+    return main(training_args, model_args)
+
+
+if __name__ == "__main__":
+    run()
