@@ -30,21 +30,31 @@ def trl_edge(*args, env=ENV, timeout=300):
 def test_help_lists_the_subcommands():
     result = trl_edge("--help")
     assert result.returncode == 0
-    for command in ("sft", "cache", "kd", "env"):
+    for command in ("sft", "cache", "kd", "export", "env"):
         assert command in result.stdout
+
+
+@pytest.fixture(scope="module")
+def exploding_torch_npu(tmp_path_factory):
+    """A torch_npu that raises on import: stands in for torch-npu installed on a host without CANN."""
+    root = tmp_path_factory.mktemp("fake_npu")
+    (root / "torch_npu").mkdir()
+    (root / "torch_npu" / "__init__.py").write_text("raise ImportError('torch_npu was imported')\n")
+    return {**ENV, "PYTHONPATH": f"{root}{os.pathsep}{ENV.get('PYTHONPATH', '')}"}
 
 
 @pytest.mark.parametrize(
     "command, flags",
     [
         ("sft", ("--curriculum_pacing", "--curriculum_stage_column", "--use_peft", "--lora_r", "--dataset_name")),
-        ("kd", ("--teacher_cache", "--kd_weight", "--divergence", "--tail", "--use_peft", "--curriculum_pacing")),
+        ("kd", ("--teacher_cache", "--kd_weight", "--divergence", "--tail", "--use_peft", "--edge_target")),
         ("cache", ("--teacher", "--dataset", "--top_k", "--encoding", "--shard_size", "--backend")),
+        ("export", ("--output_dir", "--seq_len", "--no_onnx")),
     ],
 )
-def test_subcommand_help_shows_its_flags(command, flags):
-    result = trl_edge(command, "--help")
-    assert result.returncode == 0, result.stderr
+def test_subcommand_help_shows_its_flags_and_never_imports_torch_npu(command, flags, exploding_torch_npu):
+    result = trl_edge(command, "--help", env=exploding_torch_npu)
+    assert result.returncode == 0, result.stderr[-2000:]
     for flag in flags:
         assert flag in result.stdout
 
@@ -56,19 +66,15 @@ def test_env_reports_versions_and_variables():
     assert "ASCEND_RT_VISIBLE_DEVICES: 0,1" in result.stdout
 
 
-def test_import_and_cli_help_never_import_torch_npu(tmp_path):
-    """A torch_npu that explodes on import stands in for torch-npu installed without CANN."""
-    fake = tmp_path / "torch_npu"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('torch_npu was imported')\n")
-    env = {**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ENV.get('PYTHONPATH', '')}"}
+def test_import_and_cli_never_import_torch_npu(exploding_torch_npu):
     code = (
         "import sys, trl_edge; from trl_edge.curriculum import CurriculumSampler; "
-        "assert 'torch_npu' not in sys.modules"
+        "assert sys.modules.get('torch_npu') is None"
     )
-    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    result = subprocess.run([sys.executable, "-c", code], env=exploding_torch_npu, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
     for args in (("--help",), ("env",), ("cache", "verify", "--help")):
-        result = trl_edge(*args, env=env)
+        result = trl_edge(*args, env=exploding_torch_npu)
         assert result.returncode == 0, result.stderr[-2000:]
 
 

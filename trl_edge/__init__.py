@@ -6,7 +6,11 @@ in a device backend such as torch_npu.
 
 from importlib import import_module
 
+from .devices import shield_torch_npu
+
 __version__ = "0.1.0.dev0"
+
+shield_torch_npu()  # without CANN, torch_npu cannot work and importing it breaks torch: keep it out
 
 _EXPORTS = {
     "Pacing": "trl_edge.curriculum.pacing",
@@ -34,6 +38,13 @@ _EXPORTS = {
     "sparse_divergence": "trl_edge.losses",
     "KDLossOutput": "trl_edge.losses",
     "DIVERGENCES": "trl_edge.losses",
+    "export_for_edge": "trl_edge.export",
+    "ExportReport": "trl_edge.export",
+    "FP16OverflowWarning": "trl_edge.export",
+    "EDGE_TARGETS": "trl_edge.devices",
+    "detect_device": "trl_edge.devices",
+    "apply_precision_policy": "trl_edge.devices",
+    "Fp16RangeCallback": "trl_edge.trainer.fp16_range_callback",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -35,7 +35,7 @@ def main(out_dir):
         save_strategy="no",
         report_to=[],
         bf16=False,
-        use_cpu=True,
+        use_cpu="--no-use-cpu" not in sys.argv,
         disable_tqdm=True,
         max_length=128,
         curriculum_stage_column="stage",

@@ -4,6 +4,7 @@ trl-edge sft --config recipe.yaml [--flag value ...]     curriculum SFT, under a
 trl-edge cache --teacher T --dataset D --output_dir DIR   cache teacher logits, under accelerate launch
 trl-edge cache verify DIR                                 check every shard and sample of a cache
 trl-edge kd --config recipe.yaml                          distil from a teacher cache, under accelerate launch
+trl-edge export MODEL --output_dir DIR                    fp16 check, fp16 safetensors, static ONNX for Ascend ATC
 trl-edge env                                              versions, devices, variables
 """
 
@@ -28,11 +29,17 @@ def build_parser() -> ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SCRIPTS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)
+    subparsers.add_parser(
+        "export", help="fp16-safety report, fp16 safetensors and static-shape ONNX for ATC", add_help=False
+    )
     subparsers.add_parser("env", help="Print versions, devices and variables for bug reports")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..devices import shield_torch_npu
+
+    shield_torch_npu()  # before anything imports torch or transformers
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, _ = parser.parse_known_args(argv[:1])
@@ -44,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print_env()
         return 0
+    if args.command == "export":
+        from .export import export_command
+
+        return export_command(argv[1:])
     if args.command == "cache" and argv[1:2] == ["verify"]:
         from .verify import verify_cache
 

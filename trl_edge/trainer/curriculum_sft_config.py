@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from ..curriculum.pacing import PACING_NAMES, Pacing
+from ..devices import EDGE_TARGETS, apply_precision_policy
 
 DIFFICULTY_SOURCES = ("length", "column", "reference", "none")
 
@@ -96,8 +97,17 @@ class CurriculumSFTConfig(SFTConfig):
     curriculum_seed: int | None = field(
         default=None, metadata={"help": "Seed of the curriculum order. Defaults to `data_seed`, then `seed`."}
     )
+    edge_target: str | None = field(
+        default=None,
+        metadata={
+            "help": "The fp16-only edge part the student is for (e.g. `atlas-200i-a2`): no bf16, fp16 mixed "
+            "precision where the training device has it, and activations logged against the fp16 range.",
+            "choices": [None, *EDGE_TARGETS],
+        },
+    )
 
     def __post_init__(self):
+        apply_precision_policy(self)  # before TRL makes bf16 the default on every device
         super().__post_init__()
         if self.curriculum_difficulty not in DIFFICULTY_SOURCES:
             raise ValueError(

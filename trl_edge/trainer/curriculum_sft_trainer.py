@@ -17,7 +17,9 @@ from trl import SFTTrainer
 
 from ..curriculum.sampler import CurriculumSampler
 from ..curriculum.scorers import ColumnScorer, LengthScorer, ReferenceModelScorer, difficulty_ranks
+from ..devices import check_process_group
 from .curriculum_sft_config import CurriculumSFTConfig
+from .fp16_range_callback import Fp16RangeCallback
 
 
 class CurriculumSFTTrainer(SFTTrainer):
@@ -55,6 +57,11 @@ class CurriculumSFTTrainer(SFTTrainer):
                 "Leave it at its default: the curriculum decides the order."
             )
         super().__init__(model, args, *pargs, **kwargs)
+        check_process_group(self.accelerator.num_processes)
+        self.fp16_range = None
+        if args.edge_target is not None:
+            self.fp16_range = Fp16RangeCallback()
+            self.add_callback(self.fp16_range)
         self.curriculum_difficulty, self.curriculum_stages = self._read_curriculum_columns(difficulty_scorer)
         self.curriculum_ranks = difficulty_ranks(self.curriculum_difficulty)
         self._curriculum_logged_upto: int | None = None
@@ -172,4 +179,6 @@ class CurriculumSFTTrainer(SFTTrainer):
                 logs["curriculum/difficulty"] = float(self.curriculum_difficulty[indices].mean())
                 logs["curriculum/difficulty_rank"] = float(self.curriculum_ranks[indices].mean())
             self._curriculum_logged_upto = step
+            if self.fp16_range is not None:
+                self.fp16_range.add_to_logs(logs, self.args.edge_target)
         super().log(logs, start_time)
