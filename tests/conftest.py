@@ -41,8 +41,8 @@ def dataset():
     return make_dataset()
 
 
-def training_args(tmp_path, **overrides):
-    """A CurriculumSFTConfig sized for tiny CPU runs: fp32, no reporting, no checkpoints unless asked."""
+def training_args(tmp_path, config_class=None, **overrides):
+    """A trainer config (CurriculumSFTConfig unless told) sized for tiny CPU runs: fp32, no reports or checkpoints."""
     from trl_edge import CurriculumSFTConfig
 
     kwargs = dict(
@@ -62,4 +62,4 @@ def training_args(tmp_path, **overrides):
         max_length=128,
     )
     kwargs.update(overrides)
-    return CurriculumSFTConfig(**kwargs)
+    return (config_class or CurriculumSFTConfig)(**kwargs)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, training_args
 
 from trl_edge.cache.format import CacheError
 from trl_edge.cache.writer import cache_teacher_logits
@@ -13,22 +13,8 @@ from trl_edge.trainer.offline_kd_trainer import OfflineOnPolicyKDTrainer
 
 
 def kd_args(tmp_path, **overrides):
-    kwargs = dict(
-        output_dir=str(tmp_path / "kd"),
-        per_device_train_batch_size=4,
-        max_steps=4,
-        learning_rate=3e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        bf16=False,
-        use_cpu=True,
-        seed=0,
-        disable_tqdm=True,
-        activation_checkpointing=False,
-    )
-    kwargs.update(overrides)
-    return OfflineOnPolicyKDConfig(**kwargs)
+    defaults = dict(output_dir=str(tmp_path / "kd"), max_steps=4, learning_rate=3e-3, activation_checkpointing=False)
+    return training_args(tmp_path, OfflineOnPolicyKDConfig, **{**defaults, **overrides})
 
 
 def sharp_teacher(tokenizer):

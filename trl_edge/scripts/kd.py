@@ -6,42 +6,25 @@ The data is a teacher cache (``teacher_cache``, made by ``trl-edge cache``); Mod
 from __future__ import annotations
 
 import argparse
-import os
+
+from trl_edge.scripts.training_run import set_model_init_kwargs, train_and_save
 
 
 def main(training_args, model_args):
-    import transformers
-    from packaging.version import Version
     from trl import get_peft_config, get_quantization_config
 
     from trl_edge.trainer.offline_kd_trainer import OfflineOnPolicyKDTrainer
 
-    model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    if training_args.model_init_kwargs is not None:
-        model_init_kwargs.update(training_args.model_init_kwargs)
-    training_args.model_init_kwargs = model_init_kwargs
     if not training_args.teacher_cache:
         raise ValueError("Set `teacher_cache`: the directory `trl-edge cache` wrote.")
-
+    set_model_init_kwargs(training_args, model_args)
     trainer = OfflineOnPolicyKDTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
-    if Version(transformers.__version__) >= Version("5.18.0"):
-        trainer.end()
-    return trainer
+    return train_and_save(trainer, training_args)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):

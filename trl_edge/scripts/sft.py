@@ -8,9 +8,9 @@ data files or a dataset saved with ``save_to_disk``, so recipes run offline.
 from __future__ import annotations
 
 import argparse
-import os
 
 from trl_edge.scripts.loading import load_dataset_dict
+from trl_edge.scripts.training_run import set_model_init_kwargs, train_and_save
 
 
 def load_training_datasets(script_args, dataset_args):
@@ -28,22 +28,11 @@ def load_training_datasets(script_args, dataset_args):
 
 
 def main(script_args, training_args, model_args, dataset_args):
-    import transformers
-    from packaging.version import Version
     from trl import get_peft_config, get_quantization_config
 
     from trl_edge import CurriculumSFTTrainer
 
-    model_init_kwargs = dict(
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation,
-        dtype=model_args.dtype,
-    )
-    if training_args.model_init_kwargs is not None:
-        model_init_kwargs.update(training_args.model_init_kwargs)
-    training_args.model_init_kwargs = model_init_kwargs
-
+    set_model_init_kwargs(training_args, model_args)
     dataset = load_training_datasets(script_args, dataset_args)
     if script_args.dataset_train_split not in dataset:
         raise ValueError(
@@ -62,14 +51,7 @@ def main(script_args, training_args, model_args, dataset_args):
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if Version(transformers.__version__) >= Version("5.18.0"):
-        trainer.end()
-    return trainer
+    return train_and_save(trainer, training_args, dataset_name=script_args.dataset_name)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
