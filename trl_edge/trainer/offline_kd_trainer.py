@@ -131,6 +131,14 @@ class OfflineOnPolicyKDTrainer(CurriculumSFTTrainer):
         config = self.accelerator.unwrap_model(self.model).config
         if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
             raise ValueError("Students with logit soft-capping or logit scaling are not supported yet.")
+        sharded = self.is_fsdp_enabled or (
+            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        )
+        if sharded:
+            raise NotImplementedError(
+                "The distillation loss reads the LM head's weight directly, which FSDP and DeepSpeed ZeRO-3 shard "
+                "across ranks. Use DDP or ZeRO-1/2 (recipes/accelerate/*_multi.yaml, *_zero2.yaml) for now."
+            )
         # num_items_in_batch (the token count over accumulation steps and devices) is what the loss divides by.
         self.model_accepts_loss_kwargs = True
 
