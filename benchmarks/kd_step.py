@@ -329,7 +329,7 @@ def head_bench(args, repeats: int = 2) -> dict:
     CPU); ``trl_fused_ce_scored`` the same on the scored positions only (what it does with Triton, on a GPU);
     ``autograd_ce`` plain full-logits cross-entropy by autograd on the scored positions; ``matmuls`` only the three
     GEMMs any of them needs (logits, grad of the hidden states, grad of the head). Best of ``repeats`` after one
-    warm-up.
+    warm-up round, the cases taking turns.
     """
     import torch
     import torch.nn.functional as F
@@ -384,15 +384,16 @@ def head_bench(args, repeats: int = 2) -> dict:
         "autograd_ce": autograd_ce,
         "matmuls": matmuls,
     }
-    out = {"scored_positions": n_scored, "all_positions": n_all}
-    for name, fn in cases.items():
-        times = []
-        for _ in range(repeats + 1):
+    times = {name: [] for name in cases}
+    for _ in range(repeats + 1):  # round robin, so that a burst of other work hits every case alike
+        for name, fn in cases.items():
             weight.grad = hidden.grad = None
             start = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - start)
-        out[name] = min(times[1:])
+            times[name].append(time.perf_counter() - start)
+    out = {"scored_positions": n_scored, "all_positions": n_all, "all_times_s": times}
+    for name, values in times.items():
+        out[name] = min(values[1:])
         print(f"[kd_step] head only, {name}: {out[name]:.2f} s", file=sys.stderr, flush=True)
     return out
 
@@ -440,7 +441,7 @@ def _read_until(proc, prefix: str, arm: str, log: Path) -> str:
 def run_arms(args) -> dict:
     """One fresh process per arm. By default `ours` and `sft` run side by side and take turns step by step (a burst
     of other work on a shared machine then hits both alike), then `gkd` alone (holding all three in memory at once
-    would need ~25 GB at the default size); `--sequential`: one arm after the other."""
+    would need over 20 GB at the default size); `--sequential`: one arm after the other."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     if args.sequential:
         groups = [[arm] for arm in args.arms]
