@@ -259,30 +259,9 @@ def _torch():
 
 def completion_nll(model, dataset, pad_id: int, batch_size: int = 64):
     """Per example: summed NLL (nats) and count of its completion tokens (labels != -100), teacher-forced."""
-    torch = _torch()
-    ids, labels = dataset["input_ids"], dataset["labels"]
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    nll_sum, n_tok = np.zeros(len(ids)), np.zeros(len(ids))
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(ids), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in batch)
-            x = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            y = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):
-                x[r, : len(ids[i])] = torch.tensor(ids[i])
-                y[r, : len(labels[i])] = torch.tensor(labels[i])
-                mask[r, : len(ids[i])] = 1
-            logits = model(input_ids=x, attention_mask=mask).logits.float()
-            target = y[:, 1:]
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none"
-            )
-            nll_sum[batch] = nll.sum(1).double().numpy()
-            n_tok[batch] = (target != -100).sum(1).numpy()
-    return nll_sum, n_tok
+    from trl_edge.curriculum.scorers import sequence_nll
+
+    return sequence_nll(model, dataset["input_ids"], dataset["labels"], batch_size, pad_id)
 
 
 def greedy_answers(model, tokenizer, dataset, max_new_tokens: int, batch_size: int = 200):

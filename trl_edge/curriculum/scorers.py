@@ -85,6 +85,41 @@ class CallableScorer:
         return _check_finite(np.array([float(self.fn(row)) for row in dataset], dtype=np.float64), "CallableScorer")
 
 
+@torch.no_grad()
+def sequence_nll(model, input_ids, labels=None, batch_size: int = 8, pad_token_id: int = 0, desc: str | None = None):
+    """Per sequence, the summed teacher-forced NLL (nats) of its loss tokens and their count.
+
+    Loss tokens are those with ``labels != -100`` (all tokens without labels). Sequences run in length-sorted,
+    right-padded batches without gradients; results come back in input order. ``desc`` shows a progress bar.
+    """
+    labels = input_ids if labels is None else labels
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = np.argsort([len(x) for x in input_ids], kind="stable")
+    nll_sum, n_tokens = np.zeros(len(input_ids)), np.zeros(len(input_ids))
+    batches = range(0, len(input_ids), batch_size)
+    for start in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+        batch = order[start : start + batch_size]
+        width = max(len(input_ids[i]) for i in batch)
+        x = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        target = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            x[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
+            target[row, : len(labels[i])] = torch.tensor(labels[i])
+            mask[row, : len(input_ids[i])] = 1
+        logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float()
+        target = target[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none"
+        )
+        nll_sum[batch] = nll.sum(1).double().cpu().numpy()
+        n_tokens[batch] = (target != -100).sum(1).cpu().numpy()
+    model.train(was_training)
+    return nll_sum, n_tokens
+
+
 class ReferenceModelScorer:
     """Difficulty = a reference model's mean token loss (or perplexity) on each example.
 
@@ -111,35 +146,14 @@ class ReferenceModelScorer:
         self.metric = metric
         self.pad_token_id = pad_token_id
 
-    @torch.no_grad()
     def __call__(self, dataset: Dataset) -> np.ndarray:
         _require_columns(dataset, ["input_ids"], "ReferenceModelScorer", "Tokenize the dataset first.")
-        ids = dataset["input_ids"]
-        labels = dataset["labels"] if "labels" in dataset.column_names else ids
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        order = np.argsort([len(x) for x in ids], kind="stable")
-        scores = np.empty(len(ids), dtype=np.float64)
-        for start in tqdm(range(0, len(ids), self.batch_size), desc="Scoring difficulty", unit="batch"):
-            batch = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-            target = torch.full((len(batch), width), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                target[row, : len(labels[i])] = torch.tensor(labels[i])
-                mask[row, : len(ids[i])] = 1
-            logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-            target = target[:, 1:].to(device)
-            nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none"
-            )
-            counts = (target != -100).sum(1).clamp(min=1)
-            mean_nll = (nll.sum(1) / counts).double().cpu().numpy()
-            scores[batch] = np.exp(mean_nll) if self.metric == "perplexity" else mean_nll
-        self.model.train(was_training)
+        labels = dataset["labels"] if "labels" in dataset.column_names else None
+        nll_sum, n_tokens = sequence_nll(
+            self.model, dataset["input_ids"], labels, self.batch_size, self.pad_token_id, desc="Scoring difficulty"
+        )
+        mean_nll = nll_sum / np.maximum(n_tokens, 1)
+        scores = np.exp(mean_nll) if self.metric == "perplexity" else mean_nll
         return _check_finite(scores, "ReferenceModelScorer")
 
 
