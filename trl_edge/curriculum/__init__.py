@@ -9,6 +9,7 @@ from .scorers import (
     ReferenceModelScorer,
     add_difficulty_column,
     difficulty_ranks,
+    sequence_nll,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "add_difficulty_column",
     "difficulty_ranks",
     "make_pacing",
+    "sequence_nll",
 ]
