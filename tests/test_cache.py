@@ -12,9 +12,10 @@ import torch
 from conftest import make_dataset
 from datasets import Dataset
 
+from trl_edge.backends.transformers_backend import PositionScorer
 from trl_edge.cache.format import CacheError, file_sha256, shard_name
 from trl_edge.cache.reader import TeacherLogitCache
-from trl_edge.cache.writer import cache_teacher_logits, score_batch
+from trl_edge.cache.writer import cache_teacher_logits
 from trl_edge.testing import build_tiny_model, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +62,8 @@ def test_lossless_is_bit_exact_against_the_scores_written(tmp_path, tokenizer, t
     samples = [cache[i] for i in range(5)]
     # The writer scored the shard as one batch (batch_size 8 > 5), longest first: score it the same way.
     order = np.argsort([-len(s["input_ids"]) for s in samples], kind="stable")
-    scored = score_batch(
-        teacher, [samples[i]["input_ids"].numpy() for i in order], [samples[i]["labels"].numpy() for i in order], 8
+    scored = PositionScorer(teacher, 8)(
+        [samples[i]["input_ids"].numpy() for i in order], [samples[i]["labels"].numpy() for i in order]
     )
     for i, (ids, values, token_lp) in zip(order, scored):
         assert np.array_equal(samples[i]["topk_ids"].numpy(), ids)
@@ -118,8 +119,10 @@ def test_to_dataset_and_collate(tmp_path, tokenizer, teacher):
     cache = cache_teacher_logits(teacher, tokenizer, make_dataset(5), tmp_path / "c", top_k=4, shard_size=2)
     ds = cache.to_dataset()
     assert isinstance(ds, Dataset) and len(ds) == 5
-    assert set(ds.column_names) == {"input_ids", "labels", "sample_id", "cache_index"}
-    assert ds[4]["sample_id"] == cache.sample_id(4) and ds[4]["input_ids"] == cache[4]["input_ids"].tolist()
+    assert set(ds.column_names) == {"cache_index", "num_tokens", "num_positions", "sample_id", "stage", "difficulty"}
+    assert ds[4]["sample_id"] == cache.sample_id(4) and ds[4]["num_tokens"] == len(cache[4]["input_ids"])
+    assert ds[4]["num_positions"] == len(cache[4]["positions"]) and ds["cache_index"] == list(range(5))
+    assert ds["stage"] == make_dataset(5)["stage"]  # the dataset's own columns travel with the samples
     batch = cache.collate([0, 3], pad_token_id=tokenizer.pad_token_id)
     width = max(len(cache[0]["input_ids"]), len(cache[3]["input_ids"]))
     assert batch["teacher_topk_ids"].shape == (2, width, 4)
@@ -182,9 +185,11 @@ def test_tokenizer_and_vocabulary_mismatch(tmp_path, tokenizer, teacher):
     other = build_tokenizer(vocab_size=400)
     with pytest.raises(CacheError, match="made with another tokenizer"):
         TeacherLogitCache(path, tokenizer=other)
-    with pytest.raises(CacheError, match=f"distributions over {teacher.config.vocab_size} tokens.*student's.* 1000"):
-        TeacherLogitCache(path, vocab_size=1000)
-    TeacherLogitCache(path, tokenizer=tokenizer, vocab_size=teacher.config.vocab_size)
+    vocab = teacher.config.vocab_size
+    with pytest.raises(CacheError, match=f"distributions over {vocab} tokens.*student's LM head has only 400"):
+        TeacherLogitCache(path, vocab_size=400)
+    TeacherLogitCache(path, tokenizer=tokenizer, vocab_size=vocab)
+    TeacherLogitCache(path, tokenizer=tokenizer, vocab_size=vocab + 64)  # a head padded past the tokenizer is fine
 
 
 def test_nan_from_the_teacher_fails_naming_the_sample(tmp_path, tokenizer):
@@ -267,7 +272,7 @@ def test_vllm_prompt_logprobs_map_to_cache_positions():
     """vLLM's prompt_logprobs[t + 1] is the cache's position t; its extra entry for the actual token is dropped."""
     from types import SimpleNamespace
 
-    from trl_edge.cache.vllm_backend import prompt_logprobs_to_topk
+    from trl_edge.backends.vllm_backend import prompt_logprobs_to_topk
 
     def entry(lp):
         return SimpleNamespace(logprob=lp)
@@ -305,3 +310,102 @@ def test_the_writer_reports_where_its_time_goes(tmp_path, tokenizer, teacher):
     cache_teacher_logits(teacher, tokenizer, make_dataset(4), tmp_path / "c", top_k=4, shard_size=2, timings=timings)
     assert set(timings) == {"forward", "topk", "encode", "write"}
     assert all(seconds > 0 for seconds in timings.values())
+
+
+# ---------------------------------------------------------------- real-model settings
+
+
+def tensor_byte(path, name, index=0):
+    """The file offset of byte ``index`` of tensor ``name`` in a safetensors file."""
+    data = Path(path).read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    return header + json.loads(data[8:header])[name]["data_offsets"][0] + index
+
+
+def test_the_tokenizer_fingerprint_ignores_which_token_pads(tmp_path):
+    tokenizer = build_tokenizer()
+    tokenizer.pad_token = None  # like SmolLM2's; SFT then sets pad_token = eos_token
+    path = tmp_path / "c"
+    cache_teacher_logits(build_tiny_model(tokenizer, seed=1), tokenizer, make_dataset(2), path, top_k=4)
+    tokenizer.pad_token = tokenizer.eos_token
+    TeacherLogitCache(path, tokenizer=tokenizer)  # same ids: accepted
+    tokenizer.add_tokens(["<|new|>"])
+    with pytest.raises(CacheError, match="made with another tokenizer"):
+        TeacherLogitCache(path, tokenizer=tokenizer)
+
+
+def test_a_teacher_head_padded_past_the_tokenizer_caches_only_real_ids(tmp_path, tokenizer, capsys):
+    vocab, padding = len(tokenizer), 64
+    teacher = build_tiny_model(tokenizer, arch="qwen2", seed=1)
+    teacher.resize_token_embeddings(vocab + padding, mean_resizing=False)
+    with torch.no_grad():  # padding rows that would win the top-k if they were candidates
+        teacher.lm_head.weight[vocab:] = 4 * teacher.lm_head.weight[:padding]
+    cache = cache_teacher_logits(teacher, tokenizer, make_dataset(3), tmp_path / "c", top_k=8, encoding="lossless")
+    said = capsys.readouterr().out
+    assert f"{vocab + padding} outputs for {vocab} tokenizer ids" in said and f">= {vocab} outputs" in said
+    assert (cache.metadata.vocab_size, cache.metadata.teacher_head_size) == (vocab, vocab + padding)
+    for i in range(len(cache)):
+        sample = cache[i]
+        positions, dense, _ = dense_reference(teacher, sample["input_ids"], sample["labels"])
+        assert int(sample["topk_ids"].max()) < vocab
+        assert (dense.topk(8, dim=-1).indices >= vocab).any(-1).float().mean() > 0.5  # padding would have won...
+        top = dense[:, :vocab].topk(8, dim=-1)  # ...but stays out of the top-k, so its mass is in the tail bucket
+        assert torch.equal(sample["topk_ids"], top.indices)
+        torch.testing.assert_close(sample["topk_logprobs"], top.values, rtol=0, atol=2e-5)
+    TeacherLogitCache(tmp_path / "c", tokenizer=tokenizer, vocab_size=vocab)  # a student with the unpadded head
+
+
+def test_a_bf16_teacher_is_projected_in_fp32(tmp_path, tokenizer):
+    teacher = build_tiny_model(tokenizer, arch="qwen2", seed=7)
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(25.0)  # logits in the tens, where bf16's grid is coarse
+    teacher = teacher.to(torch.bfloat16)
+    cache = cache_teacher_logits(teacher, tokenizer, make_dataset(2), tmp_path / "c", top_k=16, encoding="lossless")
+    sample = cache[0]
+    with torch.no_grad():
+        hidden = teacher.get_decoder()(input_ids=sample["input_ids"][None]).last_hidden_state[0]
+        fp32 = torch.log_softmax(hidden.float() @ teacher.lm_head.weight.float().t(), -1)[sample["positions"]]
+        bf16 = torch.log_softmax(teacher.lm_head(hidden).float(), -1)[sample["positions"]]
+    torch.testing.assert_close(sample["topk_logprobs"], fp32.gather(-1, sample["topk_ids"]), rtol=0, atol=1e-5)
+    assert (bf16.gather(-1, sample["topk_ids"]) - sample["topk_logprobs"]).abs().max() > 1e-3  # what bf16 would lose
+
+
+def test_a_flipped_sample_id_byte_fails_that_read(tmp_path, tokenizer, teacher):
+    path = tmp_path / "c"
+    cache_teacher_logits(teacher, tokenizer, make_dataset(4), path, top_k=4)
+    shard = path / shard_name(0)
+    data = bytearray(shard.read_bytes())
+    data[tensor_byte(shard, "sample_ids", index=16 + 3)] ^= 0x01  # a byte of sample 1's id
+    shard.write_bytes(bytes(data))
+    cache = TeacherLogitCache(path)
+    with pytest.raises(CacheError, match="Checksum mismatch for sample 1 in shard-00000.safetensors"):
+        cache[1]
+    assert cache[0]["input_ids"].numel() > 0
+
+
+def test_a_rerun_rewrites_a_corrupted_shard_whose_size_still_matches(tmp_path, tokenizer, teacher, caplog):
+    path = tmp_path / "c"
+    cache_teacher_logits(teacher, tokenizer, make_dataset(6), path, top_k=4, shard_size=2)
+    before = shard_hashes(path)
+    shard = path / shard_name(1)
+    data = bytearray(shard.read_bytes())
+    data[tensor_byte(shard, "blob", index=5)] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        cache = cache_teacher_logits(teacher, tokenizer, make_dataset(6), path, top_k=4, shard_size=2)
+    assert "shard-00001.safetensors does not match its seal" in caplog.text
+    assert shard_hashes(path) == before and cache.verify() == []
+
+
+def test_the_same_call_in_a_fresh_process_resumes_after_sft_touched_the_tokenizer(tmp_path):
+    script = ROOT / "tests/scripts/rerun_cache.py"
+    first = subprocess.run([sys.executable, str(script), str(tmp_path)], env=ENV, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = shard_hashes(tmp_path / "cache")
+    (tmp_path / "cache" / shard_name(1)).unlink()  # as if killed before the last shard
+    again = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "--through-sft"], env=ENV, capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.split("CACHE")[-1] == first.stdout.split("CACHE")[-1]
+    assert shard_hashes(tmp_path / "cache") == before

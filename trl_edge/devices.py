@@ -80,9 +80,11 @@ def has_accelerator() -> bool:
     return detect_device() != "cpu"
 
 
-def bf16_supported(device: str) -> bool:
+def bf16_supported(device) -> bool:
+    """Whether ``device`` (a type name such as ``"cuda"``, or a ``torch.device``) can compute in bf16."""
     import torch
 
+    device = getattr(device, "type", device)
     if device == "npu":
         return bool(torch.npu.is_bf16_supported())
     if device == "cuda":

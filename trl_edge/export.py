@@ -23,9 +23,10 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .devices import FP16_MAX
+
 logger = logging.getLogger(__name__)
 
-FP16_MAX = 65504.0
 DEFAULT_CALIBRATION_PROMPTS = [
     "Question: what is 12 + 7? Let us think step by step.",
     "The quick brown fox jumps over the lazy dog.",
@@ -297,17 +298,21 @@ def export_for_edge(
     safety_margin: float = 8.0,
     top_k: int = 20,
     soc_version: str = "Ascend310B1",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> ExportReport:
     """Check fp16 safety, save fp16 safetensors and a static-shape ONNX graph, and write ``export_report.json``.
 
-    ``model_or_path`` is a path (or hub id) that ``AutoModelForCausalLM.from_pretrained`` loads in fp32, or a model
-    (copied, then moved to CPU fp32: the caller's model is left as it is). ``tokenizer`` defaults to the one saved
-    with the model. Activations above ``FP16_MAX / safety_margin`` warn, above ``FP16_MAX`` are unsafe; both emit a
-    :class:`FP16OverflowWarning`. The ONNX graph is fp32 by default (``onnx_dtype="float16"`` for an fp16 graph):
-    ATC converts to fp16 itself. ``onnx=False`` skips the ONNX step and its optional dependencies.
+    ``model_or_path`` is a path (or hub id) loaded in fp32 on the CPU (``revision``, ``trust_remote_code`` for models
+    with their own modelling code), or a model (copied, then moved to CPU fp32: the caller's model is left as it
+    is). ``tokenizer`` defaults to the one saved with the model. Activations above ``FP16_MAX / safety_margin`` warn,
+    above ``FP16_MAX`` are unsafe; both emit a :class:`FP16OverflowWarning`. The ONNX graph is fp32 by default
+    (``onnx_dtype="float16"`` for an fp16 graph): ATC converts to fp16 itself. ``onnx=False`` skips the ONNX step
+    and its optional dependencies.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .model_loading import load_causal_lm, load_tokenizer
 
     if onnx:
         _require_onnx_deps()  # fail before the slow part
@@ -316,16 +321,17 @@ def export_for_edge(
     os.makedirs(output_dir, exist_ok=True)
 
     if isinstance(model_or_path, (str, os.PathLike)):
-        model = AutoModelForCausalLM.from_pretrained(model_or_path, dtype=torch.float32)
+        loading = dict(revision=revision, trust_remote_code=trust_remote_code)
+        model = load_causal_lm(model_or_path, dtype=torch.float32, **loading)
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_or_path)
+            tokenizer = load_tokenizer(model_or_path, **loading)
     else:
         model = copy.deepcopy(model_or_path).to("cpu", torch.float32)
         if tokenizer is None:
             path = getattr(model.config, "_name_or_path", None)
             if not path:
                 raise ValueError("Pass tokenizer= with a model object that has no _name_or_path to load one from.")
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model.eval()
 
     prompts = list(calibration_prompts or DEFAULT_CALIBRATION_PROMPTS)

@@ -20,7 +20,16 @@ Shard tensors (``S`` samples, ``T`` tokens in all, ``P`` scored positions in all
   (the distribution at ``t`` predicts token ``t + 1``).
 - ``blob``: uint8, each sample's top-k ids and log-probs in the cache's encoding; ``blob_offsets``: int64 ``[S + 1]``.
 - ``sample_ids``: uint8 ``[S, 16]``, a hash of the sample's tokens and labels (stable across reruns and shardings).
-- ``crc32``: uint32 ``[S]``, over each sample's tokens, labels, token log-probs and blob, checked on every read.
+- ``crc32``: uint32 ``[S]``, over each sample's tokens, labels, token log-probs, blob and sample id, checked on every
+  read.
+
+The dataset's own columns that travel with the samples (a curriculum stage label, an id: see
+``CacheMetadata.columns``) go to ``shard-NNNNN.columns.arrow`` (Arrow IPC, one row per sample), sealed by the same
+JSON file.
+
+Two caches are "the same cache" when their :meth:`CacheMetadata.settings` agree: the teacher, the tokenizer, the
+settings and the *content* scored (``content_fingerprint``, a hash of every sample's tokens and loss mask), never
+the state of a Python object, so the identical call made in a new process resumes.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: crc32 covers sample_ids; content fingerprint; columns; head size
 METADATA_FILE = "metadata.json"
 SAMPLE_ID_BYTES = 16
 
@@ -52,20 +61,27 @@ def seal_name(index: int) -> str:
     return f"shard-{index:05d}.json"
 
 
+def columns_name(index: int) -> str:
+    return f"shard-{index:05d}.columns.arrow"
+
+
 @dataclass
 class CacheMetadata:
     """What made the cache (teacher, tokenizer, settings) and how it is cut into shards."""
 
     teacher: str
     tokenizer_fingerprint: str
-    vocab_size: int
+    vocab_size: int  # the ids the distributions range over: the tokenizer's vocabulary (never a head's padding)
     top_k: int
     encoding: str
     num_samples: int
     shard_size: int
     teacher_revision: str | None = None
     temperature: float = 1.0
-    dataset_fingerprint: str | None = None
+    teacher_head_size: int | None = None  # the teacher's LM head rows; > vocab_size when padded past the tokenizer
+    content_fingerprint: str | None = None
+    columns: list[str] = field(default_factory=list)  # the dataset's columns kept next to each sample
+    source: dict = field(default_factory=dict)  # where the sequences came from (a rollout set's provenance)
     tokenization: dict = field(default_factory=dict)
     trl_edge_version: str = ""
     format_version: int = FORMAT_VERSION
@@ -103,21 +119,32 @@ class CacheMetadata:
             raise CacheError(
                 f"{path} is not valid cache metadata ({err}). The cache is corrupted: rebuild it."
             ) from err
-        if meta.format_version > FORMAT_VERSION:
+        if meta.format_version != FORMAT_VERSION:
+            advice = "Upgrade trl-edge." if meta.format_version > FORMAT_VERSION else "Rebuild the cache."
             raise CacheError(
-                f"{directory} uses cache format {meta.format_version}; this trl-edge reads up to {FORMAT_VERSION}. "
-                "Upgrade trl-edge."
+                f"{directory} uses cache format {meta.format_version}; this trl-edge reads format {FORMAT_VERSION}. "
+                f"{advice}"
             )
         return meta
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of the vocabulary and special tokens: two tokenizers with the same one map text to the same ids."""
+    """A hash of what token ids mean: the vocabulary and the added tokens (ids and strings), nothing else.
+
+    Which token serves as padding or EOS is left out: TRL sets ``pad_token = eos_token`` on a tokenizer without one,
+    and that changes no id.
+    """
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    special = sorted((str(k), str(v)) for k, v in tokenizer.special_tokens_map.items())
-    payload = json.dumps({"vocab": vocab, "special": special}, ensure_ascii=False).encode()
+    added = sorted((int(i), str(getattr(t, "content", t))) for i, t in tokenizer.added_tokens_decoder.items())
+    payload = json.dumps({"vocab": vocab, "added": added}, ensure_ascii=False).encode()
     return hashlib.sha256(payload).hexdigest()[:32]
+
+
+def tokenizer_vocab_size(tokenizer) -> int:
+    """How many ids the tokenizer can produce (its vocabulary with added tokens), whatever a model's head holds."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    return len(tokenizer)
 
 
 def sample_id(input_ids: np.ndarray, labels: np.ndarray) -> bytes:
@@ -126,6 +153,14 @@ def sample_id(input_ids: np.ndarray, labels: np.ndarray) -> bytes:
     h.update(np.ascontiguousarray(input_ids, dtype="<i4").tobytes())
     h.update(np.ascontiguousarray(labels != -100, dtype=np.uint8).tobytes())
     return h.digest()
+
+
+def content_fingerprint(sample_ids: np.ndarray) -> str:
+    """A hash of the samples a cache holds, in order (``sample_ids`` ``[S, 16]``): the identity of what was scored."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(sample_ids, dtype=np.uint8).tobytes())
+    h.update(str(len(sample_ids)).encode())
+    return h.hexdigest()
 
 
 def sample_crc(*parts: np.ndarray) -> int:

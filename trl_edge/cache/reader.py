@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -9,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
 
+from ..batch import right_pad
+from ..data_columns import read_table
 from .encoding import CacheCorruptionError, get_encoding
 from .format import (
     CacheError,
     CacheMetadata,
+    columns_name,
     file_sha256,
     sample_crc,
     scored_positions,
@@ -58,6 +63,40 @@ class _Shard:
         return self.handle.get_slice(name)[int(start) : int(stop)]
 
 
+def _hex_rows(ids: np.ndarray) -> list[str]:
+    """Each row of a ``[S, n]`` uint8 array as a hex string, in one pass over the bytes."""
+    width = 2 * ids.shape[1]
+    text = np.ascontiguousarray(ids).tobytes().hex()
+    return [text[i : i + width] for i in range(0, len(text), width)]
+
+
+def collate_samples(samples: list[dict], top_k: int, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """A right-padded batch of cache samples (``cache[i]``) with the teacher data laid out per position.
+
+    ``teacher_topk_ids`` / ``teacher_topk_logprobs`` are ``[B, L, k]`` and ``teacher_token_logprobs`` ``[B, L]``,
+    filled at the scored positions (``teacher_mask``) and 0 / -inf / 0 elsewhere.
+    """
+    input_ids, attention_mask = right_pad([s["input_ids"] for s in samples], pad_token_id)
+    labels, _ = right_pad([s["labels"] for s in samples], -100)
+    b, width = input_ids.shape
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "teacher_mask": torch.zeros((b, width), dtype=torch.bool),
+        "teacher_topk_ids": torch.zeros((b, width, top_k), dtype=torch.long),
+        "teacher_topk_logprobs": torch.full((b, width, top_k), float("-inf")),
+        "teacher_token_logprobs": torch.zeros((b, width)),
+    }
+    for row, s in enumerate(samples):
+        pos = s["positions"]
+        batch["teacher_mask"][row, pos] = True
+        batch["teacher_topk_ids"][row, pos] = s["topk_ids"]
+        batch["teacher_topk_logprobs"][row, pos] = s["topk_logprobs"]
+        batch["teacher_token_logprobs"][row, pos] = s["token_logprobs"]
+    return batch
+
+
 class TeacherLogitCache(torch.utils.data.Dataset):
     """A teacher logit cache on disk, as a map-style dataset of samples ready for a distillation loss.
 
@@ -69,7 +108,8 @@ class TeacherLogitCache(torch.utils.data.Dataset):
     Args:
         path: the cache directory.
         tokenizer: if given, the cache must have been made with the same vocabulary (checked by fingerprint).
-        vocab_size: if given, the teacher's output size recorded in the cache must equal it (the student's).
+        vocab_size: if given, the student's LM head size: it must cover every id the cache's distributions range
+            over (the tokenizer's vocabulary; a head padded past it is fine).
     """
 
     def __init__(self, path: str | os.PathLike, tokenizer=None, vocab_size: int | None = None):
@@ -78,12 +118,8 @@ class TeacherLogitCache(torch.utils.data.Dataset):
         self.encoding = get_encoding(meta.encoding)
         if tokenizer is not None:
             self.check_tokenizer(tokenizer)
-        if vocab_size is not None and vocab_size != meta.vocab_size:
-            raise CacheError(
-                f"The cache at {self.path} holds distributions over {meta.vocab_size} tokens (teacher "
-                f"{meta.teacher}), but the student's vocabulary has {vocab_size}. Teacher and student must share "
-                "the vocabulary: cache with a teacher of the student's family, or resize the student's embeddings."
-            )
+        if vocab_size is not None:
+            self.check_head_size(vocab_size)
         self._shards = [self._open_shard(i) for i in range(meta.num_shards)]
 
     # ------------------------------------------------------------------ opening
@@ -108,6 +144,17 @@ class TeacherLogitCache(torch.utils.data.Dataset):
                 f"Delete it and {seal.name}; {rerun}"
             )
         return _Shard(shard, stop - start)
+
+    def check_head_size(self, head_size: int) -> None:
+        """Fail unless a student head of ``head_size`` outputs covers every id of the cache's vocabulary."""
+        meta = self.metadata
+        if head_size < meta.vocab_size:
+            raise CacheError(
+                f"The cache at {self.path} holds distributions over {meta.vocab_size} tokens (teacher "
+                f"{meta.teacher}), but the student's LM head has only {head_size} outputs. Teacher and student must "
+                "share the tokenizer: cache with a teacher of the student's family, or resize the student's "
+                "embeddings to the tokenizer (`model.resize_token_embeddings(len(tokenizer))`)."
+            )
 
     def check_tokenizer(self, tokenizer) -> None:
         """Fail unless ``tokenizer`` has the vocabulary the cache was made with."""
@@ -147,7 +194,8 @@ class TeacherLogitCache(torch.utils.data.Dataset):
         token_lp = shard.read("token_logprobs", p0, p1)
         blob = shard.read("blob", b0, b1)
         where = f"sample {shard_index * self.metadata.shard_size + local} in {shard.path.name}"
-        if sample_crc(input_ids, labels, token_lp, blob) != int(idx["crc32"][local]):
+        sid = idx["sample_ids"][local]
+        if sample_crc(input_ids, labels, token_lp, blob, sid) != int(idx["crc32"][local]):
             raise CacheError(
                 f"Checksum mismatch for {where} of {self.path}: the shard is corrupted. Run `trl-edge cache verify "
                 f"{self.path}`, delete the shard and its .json seal, and rerun the caching command."
@@ -160,7 +208,7 @@ class TeacherLogitCache(torch.utils.data.Dataset):
         except CacheCorruptionError as err:
             raise CacheError(f"Cannot decode {where} of {self.path}: {err}") from err
         return {
-            "sample_id": idx["sample_ids"][local].tobytes().hex(),
+            "sample_id": sid.tobytes().hex(),
             "input_ids": torch.from_numpy(input_ids.astype(np.int64)),
             "labels": torch.from_numpy(labels.astype(np.int64)),
             "positions": torch.from_numpy(positions.astype(np.int64)),
@@ -179,57 +227,90 @@ class TeacherLogitCache(torch.utils.data.Dataset):
             }
         return self._by_id[sample_id]
 
-    def to_dataset(self):
-        """A ``datasets.Dataset`` with ``input_ids``, ``labels``, ``sample_id`` and ``cache_index`` per sample.
+    def to_dataset(self, show_progress: bool = False):
+        """A ``datasets.Dataset`` with one row per sample: ``cache_index``, ``num_tokens``, ``num_positions``,
+        ``sample_id`` and the dataset columns the cache carries (``metadata.columns``, e.g. a stage label).
 
-        The token-level teacher data stays in the cache (look it up with ``cache[cache_index]``), so a trainer can
-        take this as its ``train_dataset`` without copying the distributions into Arrow.
+        Built from the shards' offset arrays and column files, never from the token data, so it costs a fraction of a
+        second per million samples on every rank. The tokens and teacher data stay in the cache (look them up with
+        ``cache[cache_index]``): a trainer takes this as its ``train_dataset`` without copying anything into Arrow.
         """
+        import pyarrow as pa
         from datasets import Dataset
 
-        def rows():
-            for shard_index, shard in enumerate(self._shards):
-                offsets = shard.index["token_offsets"]
-                ids = shard.read("input_ids", 0, offsets[-1])
-                labels = shard.read("labels", 0, offsets[-1])
-                for j in range(len(offsets) - 1):
-                    yield {
-                        "input_ids": ids[offsets[j] : offsets[j + 1]].tolist(),
-                        "labels": labels[offsets[j] : offsets[j + 1]].tolist(),
-                        "sample_id": shard.index["sample_ids"][j].tobytes().hex(),
-                        "cache_index": shard_index * self.metadata.shard_size + j,
-                    }
+        tables, num_tokens, num_positions, sample_ids = [], [], [], []
+        shards = tqdm(self._shards, desc="Indexing teacher cache", unit="shard", disable=not show_progress)
+        for shard_index, shard in enumerate(shards):
+            num_tokens.append(np.diff(shard.index["token_offsets"]))
+            num_positions.append(np.diff(shard.index["position_offsets"]))
+            sample_ids.append(shard.index["sample_ids"])
+            if self.metadata.columns:
+                tables.append(self._read_columns(shard_index))
+        ids = np.concatenate(sample_ids) if sample_ids else np.zeros((0, 16), np.uint8)
+        columns = {
+            "cache_index": np.arange(len(self), dtype=np.int64),
+            "num_tokens": np.concatenate(num_tokens).astype(np.int64),
+            "num_positions": np.concatenate(num_positions).astype(np.int64),
+            "sample_id": pa.array(_hex_rows(ids), pa.string()),
+        }
+        table = pa.table(columns)
+        if tables:
+            extra = pa.concat_tables(tables)
+            for name in extra.column_names:
+                table = table.append_column(name, extra.column(name))
+        dataset = Dataset(table)
+        return dataset
 
-        return Dataset.from_list(list(rows()))
+    def _read_columns(self, shard_index: int):
+        """The passed-through columns of one shard (checked against the seal's sha256)."""
+        path = self.path / columns_name(shard_index)
+        seal = json.loads((self.path / seal_name(shard_index)).read_text())
+        if not path.is_file():
+            raise CacheError(f"{path} is missing: the cache is incomplete. Rerun the caching command to finish it.")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != seal.get("columns_sha256"):
+            raise CacheError(
+                f"{path} does not match its seal (altered or truncated). Delete it and {seal_name(shard_index)}, "
+                "and rerun the caching command to rewrite the shard."
+            )
+        return read_table(data)
+
+    def _mean_token_nll(self, shard_index: int) -> np.ndarray:
+        """The teacher's mean NLL of each sample's scored tokens in one shard, vectorised over its token log-probs."""
+        shard = self._shards[shard_index]
+        offsets = shard.index["position_offsets"]
+        values = -shard.read("token_logprobs", 0, offsets[-1]).astype(np.float64)
+        sums = np.diff(np.concatenate([[0.0], np.cumsum(values)])[offsets])
+        counts = np.diff(offsets)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+    def teacher_difficulty(self, kind: str, indices=None, show_progress: bool = False) -> np.ndarray:
+        """Per-sample difficulty as the teacher sees it: ``teacher_nll`` (its mean NLL of the sample's tokens, from
+        the token log-probs alone) or ``teacher_entropy`` (its mean entropy, estimated from the cached top-k plus
+        the tail as one outcome: a lower bound of the full entropy; this one decodes every sample)."""
+        if kind == "teacher_nll":
+            wanted = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+            shard_of, out = wanted // self.metadata.shard_size, np.zeros(len(wanted))
+            for shard_index in tqdm(np.unique(shard_of), desc="Teacher NLL", unit="shard", disable=not show_progress):
+                rows = np.flatnonzero(shard_of == shard_index)
+                means = self._mean_token_nll(int(shard_index))
+                out[rows] = means[wanted[rows] - shard_index * self.metadata.shard_size]
+            return out
+        if kind != "teacher_entropy":
+            raise ValueError(f"Unknown teacher difficulty {kind!r}: use 'teacher_nll' or 'teacher_entropy'.")
+        wanted = range(len(self)) if indices is None else indices
+        scores = []
+        for i in tqdm(wanted, desc="Teacher entropy", unit="sample", disable=not show_progress):
+            lp = self[int(i)]["topk_logprobs"].double()
+            tail = (1 - lp.exp().sum(-1)).clamp(min=1e-12)
+            entropy = -(lp.exp() * lp).sum(-1) - tail * tail.log()
+            scores.append(float(entropy.mean()) if len(entropy) else 0.0)
+        return np.asarray(scores)
 
     def collate(self, indices, pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-        """A right-padded batch with the teacher data laid out per position.
-
-        ``teacher_topk_ids`` / ``teacher_topk_logprobs`` are ``[B, L, k]`` and ``teacher_token_logprobs`` ``[B, L]``,
-        filled at the scored positions (``teacher_mask``) and 0 / -inf / 0 elsewhere.
-        """
-        samples = [self[int(i)] for i in indices]
-        width, k = max(len(s["input_ids"]) for s in samples), self.metadata.top_k
-        b = len(samples)
-        batch = {
-            "input_ids": torch.full((b, width), pad_token_id, dtype=torch.long),
-            "attention_mask": torch.zeros((b, width), dtype=torch.long),
-            "labels": torch.full((b, width), -100, dtype=torch.long),
-            "teacher_mask": torch.zeros((b, width), dtype=torch.bool),
-            "teacher_topk_ids": torch.zeros((b, width, k), dtype=torch.long),
-            "teacher_topk_logprobs": torch.full((b, width, k), float("-inf")),
-            "teacher_token_logprobs": torch.zeros((b, width)),
-        }
-        for row, s in enumerate(samples):
-            n, pos = len(s["input_ids"]), s["positions"]
-            batch["input_ids"][row, :n] = s["input_ids"]
-            batch["attention_mask"][row, :n] = 1
-            batch["labels"][row, :n] = s["labels"]
-            batch["teacher_mask"][row, pos] = True
-            batch["teacher_topk_ids"][row, pos] = s["topk_ids"]
-            batch["teacher_topk_logprobs"][row, pos] = s["topk_logprobs"]
-            batch["teacher_token_logprobs"][row, pos] = s["token_logprobs"]
-        return batch
+        """A right-padded batch of samples ``indices`` with the teacher data laid out per position (see
+        :func:`collate_samples`)."""
+        return collate_samples([self[int(i)] for i in indices], self.metadata.top_k, pad_token_id)
 
     # ------------------------------------------------------------------ checking
     def verify(self) -> list[str]:
@@ -242,6 +323,11 @@ class TeacherLogitCache(torch.utils.data.Dataset):
             seal = json.loads((self.path / seal_name(shard_index)).read_text())
             if file_sha256(shard.path) != seal.get("sha256"):
                 problems.append(f"{shard.path.name}: sha256 differs from its seal (the file was altered)")
+            if self.metadata.columns:
+                try:
+                    self._read_columns(shard_index)
+                except CacheError as err:
+                    problems.append(str(err))
             for local in range(len(shard.index["crc32"])):
                 index = shard_index * self.metadata.shard_size + local
                 try:

@@ -1,17 +1,24 @@
 """Score a dataset with the teacher once and write its top-k next-token distributions to a sharded cache.
 
 Each accelerate rank takes shards ``rank, rank + world, ...`` of one plan and writes them itself; together they
-form one cache. A shard is written atomically and sealed; a rerun of the same command skips sealed shards, so a
-killed job loses at most the shards it was writing.
+form one cache. A shard is written atomically and sealed with its sha256; a rerun of the same call checks every
+sealed shard against its seal, keeps the sound ones and rewrites the rest, so a killed job loses at most the shards
+it was writing, and a corrupted one is never kept.
+
+The cache's vocabulary is the tokenizer's. A teacher whose LM head is padded past the tokenizer (Qwen2.5-7B: 152064
+outputs for 151665 tokens) never has a padding row cached as a candidate; the probability it puts there stays in
+the tail bucket, and any student whose head covers the tokenizer can train on the cache (its own padding rows are
+part of its tail). This is said when caching starts, not discovered when training does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,140 +26,119 @@ import torch
 from safetensors.numpy import save
 from tqdm.auto import tqdm
 
+from ..backends import check_backend
+from ..backends.transformers_backend import PositionScorer, _Clock
+from ..batch import pad_token_id
+from ..data_columns import passthrough_columns, ragged_column, table_bytes
 from ..devices import partial_state
+from ..model_loading import load_causal_lm, model_name
 from .encoding import get_encoding
 from .format import (
     METADATA_FILE,
     CacheError,
     CacheMetadata,
     atomic_write,
+    columns_name,
+    content_fingerprint,
+    file_sha256,
     sample_crc,
     sample_id,
-    scored_positions,
     seal_name,
     shard_name,
     tokenizer_fingerprint,
+    tokenizer_vocab_size,
 )
 from .reader import TeacherLogitCache
 from .tokenize import SFTTokenization, prepare_like_sft
 
-
-class _Clock:
-    """Adds elapsed seconds to ``timings[key]`` at each lap (synchronising the device first); a no-op without."""
-
-    def __init__(self, timings: dict[str, float] | None, device=None):
-        self.timings, self.device = timings, device
-        self.last = 0.0
-
-    def start(self) -> None:
-        if self.timings is not None:
-            self._sync()
-            self.last = time.perf_counter()
-
-    def lap(self, key: str) -> None:
-        if self.timings is not None:
-            self._sync()
-            now = time.perf_counter()
-            self.timings[key] = self.timings.get(key, 0.0) + now - self.last
-            self.last = now
-
-    def _sync(self) -> None:
-        if self.device is not None and self.device.type != "cpu":
-            getattr(torch, self.device.type).synchronize()
+logger = logging.getLogger(__name__)
 
 
-def _output_layer_is_plain(model) -> bool:
-    """Whether logits are exactly ``lm_head(last hidden state)`` (no soft-capping or scaling after the head)."""
-    config = model.config
-    return not (getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+@dataclass
+class ScoringPlan:
+    """The exact token sequences to score, in order, with what describes them (the cache's content)."""
+
+    input_ids: np.ndarray  # int32, all samples concatenated
+    labels: np.ndarray  # int32, -100 where there is no loss
+    offsets: np.ndarray  # int64 [S + 1]
+    sample_ids: np.ndarray  # uint8 [S, 16]
+    columns: dict = field(default_factory=dict)  # name -> list, the passed-through columns
+    source: dict = field(default_factory=dict)  # provenance of the sequences (a rollout set's)
+    tokenization: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.input_ids[a:b], self.labels[a:b]
+
+    @classmethod
+    def from_prepared(cls, prepared, columns: list[str] | None = None, **info) -> ScoringPlan:
+        """From a dataset with ``input_ids`` and ``labels`` columns (and the columns to pass through)."""
+        if prepared._indices is not None:
+            prepared = prepared.flatten_indices()
+        ids, offsets = ragged_column(prepared, "input_ids")
+        labels, label_offsets = ragged_column(prepared, "labels")
+        if not np.array_equal(offsets, label_offsets):
+            raise ValueError("`input_ids` and `labels` differ in length in some rows: they must align token by token.")
+        ids, labels = ids.astype(np.int32), labels.astype(np.int32)
+        sample_ids = np.zeros((len(offsets) - 1, 16), dtype=np.uint8)
+        for i in range(len(offsets) - 1):
+            a, b = offsets[i], offsets[i + 1]
+            sample_ids[i] = np.frombuffer(sample_id(ids[a:b], labels[a:b]), dtype=np.uint8)
+        columns = passthrough_columns(prepared) if columns is None else columns
+        kept = {name: prepared[name] for name in columns}
+        return cls(ids, labels, offsets, sample_ids, kept, **info)
 
 
-@torch.no_grad()
-def score_batch(model, sequences: list[np.ndarray], labels: list[np.ndarray], top_k: int, pad_token_id: int = 0,
-                chunk_size: int = 2048, timings: dict[str, float] | None = None):  # fmt: skip
-    """Teacher top-k log-probs (temperature 1) at the scored positions of each sequence.
-
-    Returns, per sequence, ``(topk_ids int64 [P, k], topk_logprobs float32 [P, k], token_logprobs float32 [P])``
-    where P = number of positions ``t`` with ``labels[t + 1] != -100``. Only the scored positions go through the
-    LM head, in chunks, so ``[batch, seq, vocab]`` logits are never materialised. ``timings``, if given, adds the
-    seconds spent in the teacher's own forward (``forward``: backbone, LM head, log-softmax) and in choosing what
-    to keep (``topk``: top-k, gathering the actual token's log-prob, copying to the host).
-    """
-    device = next(model.parameters()).device
-    clock = _Clock(timings, device)
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    rows, cols = [], []
-    for row, lab in enumerate(labels):
-        pos = scored_positions(lab)
-        rows.append(np.full(len(pos), row))
-        cols.append(pos)
-    rows_t = torch.as_tensor(np.concatenate(rows), dtype=torch.long, device=device)
-    cols_t = torch.as_tensor(np.concatenate(cols), dtype=torch.long, device=device)
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    clock.start()
-    if _output_layer_is_plain(model):
-        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        selected = hidden[rows_t, cols_t]
-        head = model.get_output_embeddings()
-    else:
-        selected = model(input_ids=input_ids, attention_mask=attention_mask).logits[rows_t, cols_t]
-        head = None
-    targets = input_ids[rows_t, cols_t + 1]
-    ids, values, token_lp = [], [], []
-    for start in range(0, selected.shape[0], chunk_size):
-        chunk = selected[start : start + chunk_size]
-        logits = (head(chunk) if head is not None else chunk).float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        clock.lap("forward")
-        top = logprobs.topk(top_k, dim=-1)
-        ids.append(top.indices.cpu())
-        values.append(top.values.cpu())
-        token_lp.append(logprobs.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1).cpu())
-        clock.lap("topk")
-    k = min(top_k, model.config.get_text_config().vocab_size)
-    ids = torch.cat(ids) if ids else torch.zeros((0, k), dtype=torch.long)
-    values = torch.cat(values) if values else torch.zeros((0, k))
-    token_lp = torch.cat(token_lp) if token_lp else torch.zeros(0)
-    counts = [len(c) for c in cols]
-    return [
-        (i.numpy().astype(np.int64), v.numpy().astype(np.float32), t.numpy().astype(np.float32))
-        for i, v, t in zip(ids.split(counts), values.split(counts), token_lp.split(counts))
-    ]
+def plan_from_dataset(dataset, processing_class, tokenization: SFTTokenization | None = None) -> ScoringPlan:
+    """What the teacher scores for ``dataset``: a rollout set token for token, anything else as SFT tokenizes it."""
+    if hasattr(dataset, "scoring_plan"):  # a RolloutSet (duck-typed: the rollout module builds on this one)
+        return dataset.scoring_plan()
+    tokenization = tokenization or SFTTokenization()
+    prepared = prepare_like_sft(dataset, processing_class, tokenization)
+    if len(prepared) == 0:
+        raise ValueError(
+            "No sample is left after tokenization (all fully masked or truncated away): nothing to score."
+        )
+    return ScoringPlan.from_prepared(prepared, tokenization=vars(tokenization).copy())
 
 
-def _load_teacher(teacher, revision, dtype, device):
-    if not isinstance(teacher, str | os.PathLike):
-        return teacher
-    from transformers import AutoModelForCausalLM
-
-    if dtype == "auto":
-        dtype = torch.bfloat16 if device.type != "cpu" and _bf16_supported(device) else torch.float32
-    elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    return AutoModelForCausalLM.from_pretrained(teacher, revision=revision, dtype=dtype).to(device)
-
-
-def _bf16_supported(device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    backend = getattr(torch, device.type, None)
-    check = getattr(backend, "is_bf16_supported", None)
-    return bool(check()) if check is not None else False
+def _cache_vocabulary(tokenizer, head_size: int, teacher: str, say) -> int:
+    """The ids the cache ranges over: the tokenizer's, checked against the teacher's head (and said, if padded)."""
+    vocab = tokenizer_vocab_size(tokenizer)
+    if vocab > head_size:
+        raise CacheError(
+            f"The tokenizer has {vocab} tokens but the teacher {teacher} has only {head_size} outputs: it cannot "
+            "score every id the tokenizer produces. Use the teacher's own tokenizer (`--tokenizer`)."
+        )
+    if head_size > vocab:
+        say(
+            f"Teacher {teacher}: its LM head has {head_size} outputs for {vocab} tokenizer ids; the "
+            f"{head_size - vocab} rows past the tokenizer are padding no text contains. They are never cached as "
+            f"candidates, and their probability stays in the tail bucket. Any student whose head has >= {vocab} "
+            "outputs can train on this cache."
+        )
+    return vocab
 
 
-def _is_sealed(directory: Path, index: int) -> bool:
+def _is_sealed(directory: Path, index: int, with_columns: bool) -> bool:
+    """Whether shard ``index`` is complete and sound: its seal exists and its files have the sealed sha256."""
     seal, shard = directory / seal_name(index), directory / shard_name(index)
     if not (seal.is_file() and shard.is_file()):
         return False
     try:
-        return json.loads(seal.read_text())["size"] == shard.stat().st_size
-    except (json.JSONDecodeError, KeyError):
-        return False
+        info = json.loads(seal.read_text())
+        sound = info["size"] == shard.stat().st_size and info["sha256"] == file_sha256(shard)
+        if with_columns:
+            extra = directory / columns_name(index)
+            sound = sound and extra.is_file() and info.get("columns_sha256") == file_sha256(extra)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        sound = False
+    if not sound:
+        logger.warning("%s does not match its seal (a partial or corrupted write): rewriting it.", shard)
+    return sound
 
 
 def _prepare_output(directory: Path, meta: CacheMetadata, overwrite: bool, is_main: bool) -> None:
@@ -188,29 +174,37 @@ def cache_teacher_logits(
     tokenization: SFTTokenization | None = None,
     dtype: str | torch.dtype = "auto",
     teacher_revision: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    attn_implementation: str | None = None,
     overwrite: bool = False,
     use_cpu: bool | None = None,
     backend: str = "transformers",
+    tensor_parallel_size: int = 1,
     timings: dict[str, float] | None = None,
 ) -> TeacherLogitCache:
     """Run the teacher once over ``dataset`` and cache its top-k next-token distributions in ``output_dir``.
 
     Args:
-        teacher: a causal LM, or its name or path (loaded with ``from_pretrained``; bf16 where the device supports
-            it, fp32 on CPU, unless ``dtype`` says otherwise).
+        teacher: a causal LM, or its name or path (loaded with ``trl_edge.model_loading.load_causal_lm``: bf16 where
+            the device supports it, fp32 on CPU, unless ``dtype`` says otherwise). Its LM head always runs in fp32.
         processing_class: the tokenizer shared by teacher and student.
-        dataset: a ``datasets.Dataset`` in any TRL format (language modeling, prompt-completion, conversational);
-            tokenized exactly as SFTTrainer / the KD trainer would (``tokenization`` holds the SFTConfig fields
-            that matter: ``max_length``, ``completion_only_loss``, ``assistant_only_loss``, ...).
-        output_dir: the cache directory. Rerunning the same call resumes: finished shards are kept.
+        dataset: a [`~trl_edge.RolloutSet`] (its exact token ids are scored: nothing is decoded or re-tokenized, a
+            truncated sample stays truncated, its provenance and columns travel into the cache), or a
+            ``datasets.Dataset`` in any TRL format, tokenized exactly as SFTTrainer / the KD trainer would
+            (``tokenization`` holds the SFTConfig fields that matter). The dataset's own scalar columns (a stage
+            label, an id) are kept next to each sample.
+        output_dir: the cache directory. Rerunning the same call resumes: sound finished shards are kept.
         top_k: how many of the teacher's most likely next tokens to keep at each scored position.
         encoding: ``compact`` (default, a few bytes per id, bounded error) or ``lossless`` (bit-exact float32).
         batch_size: sequences per teacher forward pass (length-grouped inside each shard).
         shard_size: samples per shard, the unit of atomic writing, resuming and multi-rank splitting.
+        dtype, teacher_revision, trust_remote_code, device_map, attn_implementation: how a named teacher is loaded
+            (``device_map="auto"`` spreads a teacher too large for one device over all visible ones).
         overwrite: discard an existing cache in ``output_dir`` instead of resuming it.
         use_cpu: run on the CPU even if an accelerator is present (default: only when there is none).
-        backend: ``transformers`` (default) or ``vllm`` (``pip install trl-edge[vllm]``; the teacher's prompt
-            log-probs from a ``vllm.LLM``, or from a name/path loaded into one).
+        backend: ``transformers`` (default) or ``vllm`` (``pip install trl-edge[vllm]``; one ``LLM.generate`` call
+            per shard; ``tensor_parallel_size`` GPUs per teacher).
         timings: if given, receives the seconds this rank spent in the teacher's forward (``forward``), top-k
             selection (``topk``), encoding and checksums (``encode``) and writing shards (``write``).
 
@@ -222,53 +216,57 @@ def cache_teacher_logits(
     state = partial_state(use_cpu)
     directory = Path(output_dir)
     codec = get_encoding(encoding)
-    if backend not in ("transformers", "vllm"):
-        raise ValueError(f"Unknown backend {backend!r}: use 'transformers' or 'vllm'.")
-    if backend == "vllm":
-        from .vllm_backend import require_vllm
-
-        require_vllm()  # before any work: fail at once where vLLM is absent
+    check_backend(backend)
     if top_k < 1:
         raise ValueError(f"`top_k` must be >= 1, got {top_k}.")
-    tokenization = tokenization or SFTTokenization()
-    prepared = prepare_like_sft(dataset, processing_class, tokenization)
-    if len(prepared) == 0:
-        raise ValueError(
-            "No sample is left after tokenization (all fully masked or truncated away): nothing to score."
-        )
+    plan = plan_from_dataset(dataset, processing_class, tokenization)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
+    say = state.print if state.is_main_process else (lambda *a, **k: None)
     if backend == "transformers":
-        model = _load_teacher(teacher, teacher_revision, dtype, state.device)
+        model = load_causal_lm(
+            teacher, revision=teacher_revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            device_map=device_map, attn_implementation=attn_implementation,
+            device=None if device_map is not None else state.device,
+        )  # fmt: skip
         model.eval()
-        vocab_size = model.get_output_embeddings().weight.shape[0]
-        top_k = min(top_k, vocab_size)
-        name = teacher if isinstance(teacher, str | os.PathLike) else model.config._name_or_path
+        name = model_name(teacher if isinstance(teacher, str | os.PathLike) else model)
+        head_size = model.get_output_embeddings().weight.shape[0]
+        vocab = _cache_vocabulary(tokenizer, head_size, name, say)
+        position_scorer = PositionScorer(model, top_k, support_size=vocab)
+        top_k = position_scorer.top_k
 
         def scorer(sequences, labels):
-            return score_batch(model, sequences, labels, top_k, pad, timings=timings)
+            return position_scorer(sequences, labels, pad, timings=timings)
 
     else:
-        from .vllm_backend import load_vllm_teacher, score_with_vllm
+        from ..backends.vllm_backend import VLLMEngine
 
-        llm = load_vllm_teacher(teacher, teacher_revision, dtype, top_k) if isinstance(teacher, str) else teacher
-        vocab_size = llm.llm_engine.model_config.get_vocab_size()
-        name = llm.llm_engine.model_config.model
+        engine = VLLMEngine.load(
+            teacher, revision=teacher_revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size, max_logprobs=top_k + 8,
+        )  # fmt: skip
+        name, head_size = engine.name, engine.vocab_size
+        vocab = _cache_vocabulary(tokenizer, head_size, name, say)
+        top_k = min(top_k, vocab)
 
         def scorer(sequences, labels):
-            return score_with_vllm(llm, sequences, labels, top_k)
+            return engine.score(sequences, labels, top_k, support_size=vocab)
 
     meta = CacheMetadata(
         teacher=str(name),
         teacher_revision=teacher_revision,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        vocab_size=int(vocab_size),
+        vocab_size=int(vocab),
+        teacher_head_size=int(head_size),
         top_k=int(top_k),
         encoding=codec.name,
-        num_samples=len(prepared),
+        num_samples=len(plan),
         shard_size=int(shard_size),
-        dataset_fingerprint=getattr(prepared, "_fingerprint", None),
-        tokenization=vars(tokenization).copy(),
+        content_fingerprint=content_fingerprint(plan.sample_ids),
+        columns=list(plan.columns),
+        source=plan.source,
+        tokenization=plan.tokenization,
         trl_edge_version=trl_edge.__version__,
     )
     _prepare_output(directory, meta, overwrite, state.is_main_process)
@@ -276,23 +274,21 @@ def cache_teacher_logits(
     if not (directory / METADATA_FILE).is_file():
         raise CacheError(f"{directory}/{METADATA_FILE} is missing after set-up: is output_dir on a shared filesystem?")
 
-    todo = [
-        i for i in range(state.process_index, meta.num_shards, state.num_processes) if not _is_sealed(directory, i)
-    ]
+    mine = range(state.process_index, meta.num_shards, state.num_processes)
+    todo = [i for i in mine if not _is_sealed(directory, i, bool(meta.columns))]
     total = sum(meta.shard_range(i)[1] - meta.shard_range(i)[0] for i in todo)
     with tqdm(total=total, desc=f"Caching teacher logits (rank {state.process_index})", unit="sample",
               disable=not state.is_local_main_process) as bar:  # fmt: skip
         for index in todo:
-            _write_shard(scorer, codec, prepared, meta, directory, index, batch_size, bar, state, _Clock(timings))
+            _write_shard(scorer, codec, plan, meta, directory, index, batch_size, bar, state, _Clock(timings))
     state.wait_for_everyone()
     return TeacherLogitCache(directory, tokenizer=tokenizer)
 
 
-def _write_shard(scorer, codec, prepared, meta, directory, index, batch_size, bar, state, clock) -> None:
+def _write_shard(scorer, codec, plan: ScoringPlan, meta, directory, index, batch_size, bar, state, clock) -> None:
     start, stop = meta.shard_range(index)
-    rows = prepared.select(range(start, stop))
-    sequences = [np.asarray(x, dtype=np.int32) for x in rows["input_ids"]]
-    labels = [np.asarray(x, dtype=np.int32) for x in rows["labels"]]
+    pairs = [plan.sequence(i) for i in range(start, stop)]
+    sequences, labels = [p[0] for p in pairs], [p[1] for p in pairs]
     order = np.argsort([-len(s) for s in sequences], kind="stable")
     results: list = [None] * len(sequences)
     for b in range(0, len(order), batch_size):
@@ -308,13 +304,12 @@ def _write_shard(scorer, codec, prepared, meta, directory, index, batch_size, ba
         bar.update(len(batch))
 
     clock.start()
-    blobs, crcs, ids_out = [], [], []
-    for seq, lab, (ids, values, token_lp) in zip(sequences, labels, results):
+    blobs, crcs = [], []
+    sample_ids = plan.sample_ids[start:stop]
+    for seq, lab, sid, (ids, values, token_lp) in zip(sequences, labels, sample_ids, results):
         blob = np.frombuffer(codec.encode(ids, values, meta.vocab_size), dtype=np.uint8)
         blobs.append(blob)
-        crcs.append(sample_crc(seq, lab, token_lp, blob))
-        ids_out.append(np.frombuffer(sample_id(seq, lab), dtype=np.uint8))
-
+        crcs.append(sample_crc(seq, lab, token_lp, blob, sid))
     clock.lap("encode")
 
     def offsets(parts):
@@ -328,12 +323,11 @@ def _write_shard(scorer, codec, prepared, meta, directory, index, batch_size, ba
         "position_offsets": offsets([r[2] for r in results]),
         "blob": np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
         "blob_offsets": offsets(blobs),
-        "sample_ids": np.stack(ids_out),
+        "sample_ids": np.ascontiguousarray(sample_ids),
         "crc32": np.asarray(crcs, dtype=np.uint32),
     }
     data = save(tensors)  # no header metadata: its key order varies between processes, the bytes must not
-    shard_path = directory / shard_name(index)
-    atomic_write(shard_path, data)
+    atomic_write(directory / shard_name(index), data)
     seal = {
         "shard": index,
         "start": start,
@@ -344,5 +338,9 @@ def _write_shard(scorer, codec, prepared, meta, directory, index, batch_size, ba
         "sha256": hashlib.sha256(data).hexdigest(),
         "written_by": {"rank": state.process_index, "world_size": state.num_processes},
     }
+    if meta.columns:
+        extra = table_bytes({name: values[start:stop] for name, values in plan.columns.items()})
+        atomic_write(directory / columns_name(index), extra)
+        seal["columns_sha256"] = hashlib.sha256(extra).hexdigest()
     atomic_write(directory / seal_name(index), json.dumps(seal, indent=2).encode())
     clock.lap("write")

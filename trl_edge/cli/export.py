@@ -25,6 +25,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--soc_version", default="Ascend310B1", help="--soc_version of the ATC command")
     parser.add_argument("--safety_margin", type=float, default=8.0, help="Warn above fp16 max / this")
     parser.add_argument("--strict", action="store_true", help="Exit 1 when an activation overflows fp16")
+    parser.add_argument("--revision", help="Model revision (branch, tag or commit)")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Run the model's own modelling code")
     return parser
 
 
@@ -52,6 +54,8 @@ def export_command(argv: list[str] | None = None) -> int:
             onnx_dtype=args.onnx_dtype,
             safety_margin=args.safety_margin,
             soc_version=args.soc_version,
+            revision=args.revision,
+            trust_remote_code=args.trust_remote_code,
         )
     except ImportError as exc:
         print(f"error: {exc}")

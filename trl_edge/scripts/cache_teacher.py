@@ -21,7 +21,11 @@ class CacheTeacherArguments:
         default=None, metadata={"help": "Teacher model name or path (shares the student's tokenizer)."}
     )
     dataset: str = field(
-        default=None, metadata={"help": "Dataset: hub name, local folder of data files, or `save_to_disk` folder."}
+        default=None,
+        metadata={
+            "help": "What to score: a rollout set (`trl-edge rollout` output: its exact token ids), or a dataset (hub "
+            "name, local folder of data files, or `save_to_disk` folder) tokenized as SFT does."
+        },
     )
     output_dir: str = field(default=None, metadata={"help": "Cache directory (rerun the same command to resume)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
@@ -42,6 +46,17 @@ class CacheTeacherArguments:
         default="auto",
         metadata={"help": "Teacher dtype: auto (bf16 where supported, else fp32), bfloat16, float16, float32."},
     )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Run the teacher's own modelling code (e.g. openPangu); read it first."}
+    )
+    device_map: str | None = field(
+        default=None,
+        metadata={"help": "`auto` spreads a teacher too large for one device over all visible ones (one process)."},
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "Teacher attention kernel: eager, sdpa, flash_attention_2."}
+    )
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM backend: GPUs per teacher."})
     overwrite: bool = field(default=False, metadata={"help": "Discard an existing cache in output_dir."})
     backend: str = field(
         default="transformers",
@@ -66,19 +81,25 @@ class CacheTeacherArguments:
 
 
 def main(args: CacheTeacherArguments):
-    from transformers import AutoTokenizer
-
     from trl_edge.cache.tokenize import SFTTokenization
     from trl_edge.cache.writer import cache_teacher_logits
+    from trl_edge.model_loading import load_tokenizer
+    from trl_edge.rollout import RolloutSet
 
-    dataset = load_dataset_dict(args.dataset, args.dataset_config, split=args.dataset_split)
-    if args.dataset_split not in dataset:
-        raise ValueError(f"The dataset has no split {args.dataset_split!r} (it has {list(dataset)}).")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.teacher, revision=args.teacher_revision)
+    if RolloutSet.is_rollout_set(args.dataset):
+        data = RolloutSet(args.dataset)
+    else:
+        dataset = load_dataset_dict(args.dataset, args.dataset_config, split=args.dataset_split)
+        if args.dataset_split not in dataset:
+            raise ValueError(f"The dataset has no split {args.dataset_split!r} (it has {list(dataset)}).")
+        data = dataset[args.dataset_split]
+    tokenizer = load_tokenizer(
+        args.tokenizer or args.teacher, revision=args.teacher_revision, trust_remote_code=args.trust_remote_code
+    )
     cache = cache_teacher_logits(
         args.teacher,
         tokenizer,
-        dataset[args.dataset_split],
+        data,
         args.output_dir,
         top_k=args.top_k,
         encoding=args.encoding,
@@ -87,6 +108,10 @@ def main(args: CacheTeacherArguments):
         tokenization=SFTTokenization.from_config(args),
         dtype=args.dtype,
         teacher_revision=args.teacher_revision,
+        trust_remote_code=args.trust_remote_code,
+        device_map=args.device_map,
+        attn_implementation=args.attn_implementation,
+        tensor_parallel_size=args.tensor_parallel_size,
         overwrite=args.overwrite,
         use_cpu=args.use_cpu,
         backend=args.backend,
