@@ -254,7 +254,8 @@ def run_arm(arm: str, args) -> dict:
         trainer = OfflineOnPolicyKDTrainer(student, config, train_dataset=cache, processing_class=tokenizer)
         loss_desc = (
             f"{config.kd_weight} * {config.divergence} (top-{cache.metadata.top_k} + tail bucket) + "
-            f"{1 - config.kd_weight:.1f} * CE, LM head in chunks of {config.kd_chunk_size} scored positions"
+            f"{1 - config.kd_weight:.1f} * CE, LM head in chunks of {config.kd_chunk_size or 'automatic size'} "
+            "scored positions"
         )
     elif arm == "sft":
         from trl import SFTConfig, SFTTrainer
@@ -324,12 +325,17 @@ def run_arm(arm: str, args) -> dict:
 def head_bench(args, repeats: int = 2) -> dict:
     """The LM head + loss alone, forward and backward, on the same random hidden states: what each arm's loss costs.
 
-    ``ours`` is `chunked_kd_loss` with the config's defaults on the scored positions; ``trl_fused_ce_all`` is TRL's
-    fused chunked log-prob (what SFTTrainer runs) on every position, as it does on a device without Triton (this
-    CPU); ``trl_fused_ce_scored`` the same on the scored positions only (what it does with Triton, on a GPU);
-    ``autograd_ce`` plain full-logits cross-entropy by autograd on the scored positions; ``matmuls`` only the three
-    GEMMs any of them needs (logits, grad of the hidden states, grad of the head). Best of ``repeats`` after one
-    warm-up round, the cases taking turns.
+    ``ours_auto`` is `chunked_kd_loss` with the config's loss settings on the scored positions, ``chunk_size=None``
+    (`auto_kd_chunk_size`) and ``compute_stats=False``, as the trainer runs it by default between logging steps;
+    ``ours_auto_stats`` the same with the logged stats (a logging step); ``ours_fixed`` and ``ours_fixed_stats`` the
+    same in chunks of ``--kd_chunk_size`` (1024 when 0: the earlier default, one chunk here).
+    ``trl_fused_ce_all`` is TRL's fused chunked log-prob (what SFTTrainer runs) on every position, as it does on a
+    device without Triton (this CPU); ``trl_fused_ce_scored`` the same on the scored positions only (what it does
+    with Triton, on a GPU); ``autograd_ce`` plain full-logits cross-entropy by autograd on the scored positions;
+    ``matmuls`` only the three GEMMs any of them needs (logits, grad of the hidden states, grad of the head). Best of
+    ``repeats`` after one warm-up round, the cases taking turns, in wall and in CPU seconds (the process's, all
+    threads: less inflated than wall time by other jobs on a shared machine), and every case over ``autograd_ce``
+    and over ``matmuls``.
     """
     import torch
     import torch.nn.functional as F
@@ -339,10 +345,8 @@ def head_bench(args, repeats: int = 2) -> dict:
     from trl_edge.trainer.offline_kd_config import OfflineOnPolicyKDConfig
 
     torch.set_num_threads(args.threads)
-    kd_kwargs = {"kd_chunk_size": args.kd_chunk_size} if args.kd_chunk_size else {}
-    cfg = OfflineOnPolicyKDConfig(
-        output_dir=str(Path(args.workdir) / "head"), report_to=[], use_cpu=True, bf16=False, **kd_kwargs
-    )
+    cfg = OfflineOnPolicyKDConfig(output_dir=str(Path(args.workdir) / "head"), report_to=[], use_cpu=True, bf16=False)
+    fixed_chunk = args.kd_chunk_size or 1024
     vocab, hidden_size = SMOLLM2_SHAPE["vocab_size"], SMOLLM2_SHAPE["hidden_size"]
     n_scored = args.batch_size * (args.seq_len - args.seq_len // 2)
     n_all = args.batch_size * (args.seq_len - 1)
@@ -355,13 +359,16 @@ def head_bench(args, repeats: int = 2) -> dict:
     token_lp = torch.randn(n_scored, generator=gen)
     h_scored, t_scored = hidden[:n_scored], targets[:n_scored]
 
-    def ours():
-        result = chunked_kd_loss(
-            h_scored, weight, None, ids, logprobs, token_lp, t_scored, kd_weight=cfg.kd_weight,
-            divergence=cfg.divergence, beta=cfg.beta, skew_alpha=cfg.skew_alpha, temperature=cfg.temperature,
-            tail=cfg.tail, normalizer=n_scored, chunk_size=cfg.kd_chunk_size,
-        )  # fmt: skip
-        result.loss.backward()
+    def ours(chunk_size, compute_stats):
+        def run():
+            result = chunked_kd_loss(
+                h_scored, weight, None, ids, logprobs, token_lp, t_scored, kd_weight=cfg.kd_weight,
+                divergence=cfg.divergence, beta=cfg.beta, skew_alpha=cfg.skew_alpha, temperature=cfg.temperature,
+                tail=cfg.tail, normalizer=n_scored, chunk_size=chunk_size, compute_stats=compute_stats,
+            )  # fmt: skip
+            result.loss.backward()
+
+        return run
 
     def trl_fused(h, t):
         out = ChunkedLogProbFunction.apply(
@@ -378,23 +385,51 @@ def head_bench(args, repeats: int = 2) -> dict:
             logits @ weight, logits.t() @ h_scored
 
     cases = {
-        "ours": ours,
+        "ours_auto": ours(None, False),
+        "ours_auto_stats": ours(None, True),
+        "ours_fixed": ours(fixed_chunk, False),
+        "ours_fixed_stats": ours(fixed_chunk, True),
+        "autograd_ce": autograd_ce,  # right after ours in each round: the ratios compare cases seconds apart
+        "matmuls": matmuls,
         "trl_fused_ce_all": lambda: trl_fused(hidden, targets),
         "trl_fused_ce_scored": lambda: trl_fused(h_scored, t_scored),
-        "autograd_ce": autograd_ce,
-        "matmuls": matmuls,
     }
     times = {name: [] for name in cases}
+    cpu_times = {name: [] for name in cases}
     for _ in range(repeats + 1):  # round robin, so that a burst of other work hits every case alike
         for name, fn in cases.items():
             weight.grad = hidden.grad = None
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - start)
-    out = {"scored_positions": n_scored, "all_positions": n_all, "all_times_s": times}
+            cpu_times[name].append(time.process_time() - cpu_start)
+    out = {
+        "scored_positions": n_scored,
+        "all_positions": n_all,
+        "fixed_chunk_size": fixed_chunk,
+        "all_times_s": times,
+        "all_cpu_times_s": cpu_times,
+        "cpu_s": {name: min(values[1:]) for name, values in cpu_times.items()},
+        "ratios": {},
+    }
     for name, values in times.items():
         out[name] = min(values[1:])
-        print(f"[kd_step] head only, {name}: {out[name]:.2f} s", file=sys.stderr, flush=True)
+    for name in cases:
+        wall, cpu = out[name], out["cpu_s"][name]
+        out["ratios"][name] = {
+            "vs_autograd_ce": wall / out["autograd_ce"],
+            "vs_matmuls": wall / out["matmuls"],
+            "cpu_vs_autograd_ce": cpu / out["cpu_s"]["autograd_ce"],
+            "cpu_vs_matmuls": cpu / out["cpu_s"]["matmuls"],
+        }
+        r = out["ratios"][name]
+        print(
+            f"[kd_step] head only, {name}: {wall:.2f} s wall ({r['vs_autograd_ce']:.2f}x autograd CE, "
+            f"{r['vs_matmuls']:.2f}x the GEMMs), {cpu:.2f} CPU s ({r['cpu_vs_autograd_ce']:.2f}x, "
+            f"{r['cpu_vs_matmuls']:.2f}x)",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 
@@ -518,17 +553,30 @@ def markdown(results: dict) -> str:
             f"{p['head_loss_fwd']:.2f} | {p['backward']:.2f} | {p['clip_optimizer']:.2f} |"
         )
     if head:
+        labels = {
+            "ours_auto": "ours (KD + CE), automatic chunks, no stats",
+            "ours_auto_stats": "ours, automatic chunks, with stats",
+            "ours_fixed": f"ours, chunks of {head['fixed_chunk_size']}, no stats",
+            "ours_fixed_stats": f"ours, chunks of {head['fixed_chunk_size']}, with stats",
+            "trl_fused_ce_all": f"TRL fused CE, all {head['all_positions']} positions (SFTTrainer on CPU)",
+            "trl_fused_ce_scored": "TRL fused CE, scored positions (SFTTrainer with Triton)",
+            "autograd_ce": "autograd CE, scored",
+            "matmuls": "the 3 GEMMs, scored",
+        }
         lines += [
             "",
-            f"LM head + loss alone, forward + backward, best of 2 (s; {head['scored_positions']} scored positions, "
+            f"LM head + loss alone, forward + backward, best of 2 ({head['scored_positions']} scored positions, "
             f"{head['all_positions']} in all):",
             "",
-            "| ours (KD + CE) | TRL fused CE, all positions (SFTTrainer on CPU) | TRL fused CE, scored positions "
-            "(SFTTrainer with Triton) | autograd CE, scored | the 3 GEMMs, scored |",
-            "| --- | --- | --- | --- | --- |",
-            f"| {head['ours']:.2f} | {head['trl_fused_ce_all']:.2f} | {head['trl_fused_ce_scored']:.2f} | "
-            f"{head['autograd_ce']:.2f} | {head['matmuls']:.2f} |",
+            "| case | wall s | / autograd CE | / GEMMs | CPU s | CPU / autograd CE | CPU / GEMMs |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
+        for name, label in labels.items():
+            r = head["ratios"][name]
+            lines.append(
+                f"| {label} | {head[name]:.2f} | {r['vs_autograd_ce']:.2f} | {r['vs_matmuls']:.2f} | "
+                f"{head['cpu_s'][name]:.2f} | {r['cpu_vs_autograd_ce']:.2f} | {r['cpu_vs_matmuls']:.2f} |"
+            )
     return "\n".join(lines).strip()
 
 
@@ -545,7 +593,10 @@ def main():
     parser.add_argument("--cache_teacher_layers", type=int, default=2, help="Makes the cache (not timed).")
     parser.add_argument("--top_k", type=int, default=64)
     parser.add_argument("--gkd_beta", type=float, default=0.0, help="GKD's beta: 0 = forward KL (as ours).")
-    parser.add_argument("--kd_chunk_size", type=int, default=0, help="ours: kd_chunk_size (0: the config default).")
+    parser.add_argument(
+        "--kd_chunk_size", type=int, default=0,
+        help="ours: kd_chunk_size (0: the config default); --head_bench times it (1024 if 0) and the automatic one.",
+    )  # fmt: skip
     parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS, help="None: only --head_bench.")
     parser.add_argument("--quick", action="store_true", help="4-layer student, 12-layer teacher, 2 x 256 tokens.")
     parser.add_argument(

@@ -10,8 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from trl_edge.losses import DIVERGENCES, TAIL_FLOOR, TAIL_MODES, KDLossOutput, chunked_kd_loss, sparse_divergence
+from trl_edge import losses
+from trl_edge.losses import (
+    DIVERGENCES,
+    TAIL_FLOOR,
+    TAIL_MODES,
+    KDLossOutput,
+    auto_kd_chunk_size,
+    chunked_kd_loss,
+    sparse_divergence,
+)
 
 F64 = torch.float64
 SUPPORT_DIVERGENCES = tuple(d for d in DIVERGENCES if d != "sampled_reverse_kl")
@@ -396,6 +408,16 @@ def test_chunked_float_normalizer_no_bias_and_backward_scaling():
     torch.testing.assert_close(weight.grad, g_ref[1], rtol=1e-10, atol=1e-12)
 
 
+def test_chunked_second_backward_raises_instead_of_scaling_twice():
+    problem = _kd_problem()
+    out = chunked_kd_loss(*problem, normalizer=2.0, chunk_size=8)
+    out.loss.backward(retain_graph=True)
+    first = problem[0].grad.clone()
+    with pytest.raises(RuntimeError, match="inplace"):
+        out.loss.backward()
+    assert torch.equal(problem[0].grad, first)
+
+
 def test_chunked_frozen_head_gets_no_gradient():
     hidden, weight, bias, *teacher = _kd_problem()
     weight, bias = weight.detach(), bias.detach()
@@ -494,6 +516,209 @@ def test_chunked_ignores_autocast():
     torch.testing.assert_close(mixed.loss, plain.loss, rtol=0, atol=0)
     for a, b in zip(mixed_grads, grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# chunked_kd_loss: the closed-form gradient (forward_kl, sampled_reverse_kl), stats on demand, automatic chunk size
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _peaked_problem(n=23, vocab=40, k=8, seed=0):
+    """A float64 problem whose logits are chosen (the head is square and invertible, so ``hidden`` is solved for).
+
+    Rows 0-2: the student's top-k (the cached ids) holds all but ~1e-9 of its mass and the teacher's all but 1e-8;
+    row 3: the teacher's top-k holds all its mass (the tail is floored); the other rows are random.
+    """
+    g = _generator(seed)
+    weight = torch.randn(vocab, vocab, generator=g, dtype=F64) / math.sqrt(vocab) + torch.eye(vocab, dtype=F64)
+    bias = 0.1 * torch.randn(vocab, generator=g, dtype=F64)
+    logits = 1.5 * torch.randn(n, vocab, generator=g, dtype=F64)
+    full = torch.log_softmax(torch.randn(n, vocab, generator=g, dtype=F64), -1)
+    lp, ids = full.topk(k, -1)
+    if k < vocab:
+        for row in range(3):
+            logits[row] = -10.0
+            logits[row, ids[row]] = 11.0 + torch.randn(k, generator=g, dtype=F64)
+            lp[row] = torch.log_softmax(lp[row], -1) + math.log1p(-1e-8)
+        lp[3] = torch.log_softmax(lp[3], -1)
+    hidden = torch.linalg.solve(weight, (logits - bias).T).T
+    target = torch.randint(0, vocab, (n,), generator=g)
+    target[0] = ids[0, 2]  # a target inside the cached ids, on a peaked row
+    token_lp = full.gather(-1, target[:, None]).squeeze(-1)
+    return [hidden.requires_grad_(), weight.requires_grad_(), bias.requires_grad_(), ids, lp, token_lp, target]
+
+
+def _paths(monkeypatch, problem, **kw):
+    """(closed form, autograd) results and gradients; the closed-form run fails if it falls back to autograd."""
+
+    def no_autograd(*args, **kwargs):
+        raise AssertionError("the closed-form path called autograd")
+
+    results = []
+    for closed_form in (True, False):
+        with monkeypatch.context() as patch:
+            patch.setattr(losses, "_autograd_chunk", no_autograd) if closed_form else patch.setattr(
+                losses, "_CLOSED_FORM", ()
+            )
+            out = chunked_kd_loss(*problem, **kw)
+        results.append((out, _grads(out.loss, problem[:3])))
+    return results
+
+
+@pytest.mark.parametrize("k", [8, 40])  # 40: k == V, no token outside the cached ids
+@pytest.mark.parametrize("kd_weight", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+@pytest.mark.parametrize("tail", TAIL_MODES)
+def test_closed_form_forward_kl_matches_autograd(monkeypatch, tail, temperature, kd_weight, k):
+    problem = _peaked_problem(k=k)
+    kw = dict(divergence="forward_kl", tail=tail, temperature=temperature, kd_weight=kd_weight, chunk_size=7)
+    (closed, g_closed), (auto, g_auto) = _paths(monkeypatch, problem, **kw)
+    for name in ("loss", "kd_sum", "ce_sum", "student_entropy_sum", "teacher_tail_mass_sum"):
+        torch.testing.assert_close(getattr(closed, name), getattr(auto, name), rtol=1e-12, atol=1e-12)
+    assert closed.top1_agreement_sum.item() == auto.top1_agreement_sum.item()
+    for got, want in zip(g_closed, g_auto, strict=True):  # hidden, weight, bias
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    ref = _reference_loss(*problem, kd_weight=kd_weight, normalizer=1.0, divergence="forward_kl", tail=tail,
+                          temperature=temperature)[0]  # fmt: skip
+    torch.testing.assert_close(closed.loss, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [8, 40])
+@pytest.mark.parametrize("kd_weight", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_closed_form_sampled_reverse_kl_matches_autograd(monkeypatch, temperature, kd_weight, k):
+    problem = _peaked_problem(k=k)
+    kw = dict(divergence="sampled_reverse_kl", temperature=temperature, kd_weight=kd_weight, chunk_size=7)
+    (closed, g_closed), (auto, g_auto) = _paths(monkeypatch, problem, **kw)
+    for name in ("loss", "kd_sum", "ce_sum", "student_entropy_sum"):
+        torch.testing.assert_close(getattr(closed, name), getattr(auto, name), rtol=1e-12, atol=1e-12)
+    for got, want in zip(g_closed, g_auto, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_closed_form_tail_gradient_is_exact_when_the_top_k_holds_almost_all_the_mass(monkeypatch):
+    # With an identity head the gradient of ``hidden`` is the logit gradient itself, so the tokens outside the cached
+    # ids (a factor q_j (1 - p_tail / q_tail), with q_tail ~ 1e-9) are checked element by element, relatively
+    hidden, _, _, ids, lp, token_lp, target = _peaked_problem()
+    logits = (hidden.detach() @ _peaked_problem()[1].detach().T + _peaked_problem()[2].detach())[:3]
+    problem = [logits.clone().requires_grad_(), torch.eye(40, dtype=F64).requires_grad_(), None]
+    problem += [ids[:3], lp[:3], token_lp[:3], target[:3]]
+    q = torch.softmax(logits, -1)
+    q_tail = q.scatter(-1, ids[:3], 0.0).sum(-1)
+    assert (q_tail < 1e-8).all()
+    # The test can fail: computing q_tail as 1 - sum(q over the ids) would be off by far more than its tolerance
+    assert ((1 - q.gather(-1, ids[:3]).sum(-1) - q_tail).abs() / q_tail > 1e-8).any()
+    (_, (g_closed, _)), (_, (g_auto, _)) = _paths(monkeypatch, problem, kd_weight=0.9, chunk_size=2)
+    torch.testing.assert_close(g_closed, g_auto, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("divergence, temperature", [("forward_kl", 1.0), ("forward_kl", 2.0), ("jsd", 1.0)])
+def test_compute_stats_false_same_loss_and_gradients_no_stats(divergence, temperature):
+    problem = _kd_problem()
+    kw = dict(divergence=divergence, temperature=temperature, chunk_size=8)
+    with_stats = chunked_kd_loss(*problem, **kw)
+    without = chunked_kd_loss(*problem, compute_stats=False, **kw)
+    assert with_stats.top1_agreement_sum is not None and with_stats.student_entropy_sum is not None
+    assert without.top1_agreement_sum is None and without.student_entropy_sum is None
+    for name in ("loss", "kd_sum", "ce_sum", "teacher_tail_mass_sum"):
+        assert torch.equal(getattr(without, name), getattr(with_stats, name)), name
+    for a, b in zip(_grads(without.loss, problem[:3]), _grads(with_stats.loss, problem[:3]), strict=True):
+        assert torch.equal(a, b)
+
+
+class _LiveBuffers(TorchDispatchMode):
+    """Counts the storages of at least ``nbytes`` alive at once, op by op (forward and backward)."""
+
+    def __init__(self, nbytes):
+        super().__init__()
+        self.nbytes, self.alive, self.peak = nbytes, {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in tree_flatten(out)[0]:
+            if isinstance(x, torch.Tensor) and x.untyped_storage().nbytes() >= self.nbytes:
+                self.alive.setdefault(x.untyped_storage().data_ptr(), StorageWeakRef(x.untyped_storage()))
+        self.alive = {ptr: ref for ptr, ref in self.alive.items() if not ref.expired()}
+        self.peak = max(self.peak, len(self.alive))
+        return out
+
+
+@pytest.mark.parametrize(
+    "divergence, temperature, compute_stats, most",
+    [
+        ("forward_kl", 1.0, False, 1),
+        ("forward_kl", 1.0, True, 2),
+        ("forward_kl", 2.5, False, 2),
+        ("sampled_reverse_kl", 2.5, True, 2),
+    ],
+)
+def test_closed_form_keeps_at_most_two_chunk_buffers(divergence, temperature, compute_stats, most):
+    # [chunk, V] = [20, 50] float64 is larger than every other tensor here ([37, 16], [50, 16], [37, 8])
+    problem = _kd_problem(n=37, hidden_size=16, vocab=50)
+    kw = dict(chunk_size=20, temperature=temperature, compute_stats=compute_stats)
+
+    def peak(name):
+        with _LiveBuffers(20 * 50 * 8) as mode:
+            chunked_kd_loss(*problem, divergence=name, **kw).loss.backward()
+        return mode.peak
+
+    assert peak(divergence) == most
+    assert peak("jsd") > 4  # the counter sees the autograd path's buffers
+
+
+def test_auto_kd_chunk_size_rule():
+    assert auto_kd_chunk_size(49152, 576) == 256  # SmolLM2-135M: 576 / 2 = 288 -> 256
+    assert auto_kd_chunk_size(151936, 1536) == 512  # Qwen2-1.5B: 768 -> 512
+    assert auto_kd_chunk_size(512, 32) == 64  # 16, clamped up
+    assert auto_kd_chunk_size(128256, 16384) == 4096  # 8192, clamped down
+    assert auto_kd_chunk_size(49152, 576, live_buffers=1) == 512  # the closed form at T = 1 without stats
+    assert auto_kd_chunk_size(49152, 576, live_buffers=8) == 64  # 72 -> 64
+    assert auto_kd_chunk_size(151936, 1536, live_buffers=8) == 128  # 192 -> 128
+    for h in (576, 1536, 4096):  # the rule: the buffers take at most the head's size
+        chunk = auto_kd_chunk_size(32000, h)
+        assert 2 * chunk * 32000 <= 32000 * h < 2 * (2 * chunk) * 32000
+    with pytest.raises(ValueError, match="hidden_size"):
+        auto_kd_chunk_size(100, 0)
+
+
+@pytest.mark.parametrize(
+    "divergence, temperature, compute_stats, live_buffers",
+    [
+        ("forward_kl", 1.0, False, 1),
+        ("forward_kl", 1.0, True, 2),
+        ("forward_kl", 2.0, False, 2),
+        ("sampled_reverse_kl", 1.0, False, 1),
+        ("jsd", 1.0, False, 8),
+    ],
+)
+def test_chunk_size_none_uses_the_automatic_chunk_size(
+    monkeypatch, divergence, temperature, compute_stats, live_buffers
+):
+    problem = _kd_problem(n=37, hidden_size=16, vocab=50)
+    calls, rows = [], []
+
+    def fake_auto(vocab_size, hidden_size, *, live_buffers):
+        calls.append((vocab_size, hidden_size, live_buffers))
+        return 8
+
+    def spy(chunk_fn):
+        def wrapped(logits, *args):
+            rows.append(logits.shape[0])
+            return chunk_fn(logits, *args)
+
+        return wrapped
+
+    monkeypatch.setattr(losses, "auto_kd_chunk_size", fake_auto)
+    monkeypatch.setattr(losses, "_closed_form_chunk", spy(losses._closed_form_chunk))
+    monkeypatch.setattr(losses, "_autograd_chunk", spy(losses._autograd_chunk))
+    kw = dict(divergence=divergence, temperature=temperature)
+    out = chunked_kd_loss(*problem, chunk_size=None, compute_stats=compute_stats, **kw)
+    assert calls == [(50, 16, live_buffers)] and rows == [8, 8, 8, 8, 5]
+    ref = _reference_loss(*problem, kd_weight=0.9, normalizer=1.0, **kw)[0]
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+    default = chunked_kd_loss(*problem, **kw)  # the real rule: one chunk of 64 >= 37 positions
+    torch.testing.assert_close(default.loss, ref, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
