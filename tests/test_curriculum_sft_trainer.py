@@ -220,3 +220,52 @@ def test_logged_difficulty_is_that_of_the_batches_trained_on(tmp_path, tokenizer
     assert [len(b) for b in seen] == [4, 4, 2, 4, 4, 2, 4]
     for entry, batch in zip(logs, seen):
         assert entry["curriculum/difficulty"] == pytest.approx(np.mean([by_sequence[x] for x in batch]))
+
+
+def test_a_fractional_logging_steps_logs_the_right_windows(tmp_path, tokenizer):
+    """logging_steps=0.5 is half the run (TrainingArguments allows fractions); the Trainer resolves it to 3 here."""
+    trainer = make_trainer(
+        tmp_path, tokenizer, dataset=make_dataset(12), max_steps=6, logging_steps=0.5, curriculum_difficulty="column"
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [3, 6]
+    by_sequence = {tuple(row["input_ids"]): row["difficulty"] for row in trainer.train_dataset}
+    seen = trainer.data_collator.batches
+    for entry, window in zip(logs, (seen[:3], seen[3:6])):
+        expected = np.mean([by_sequence[x] for batch in window for x in batch])
+        assert entry["curriculum/difficulty"] == pytest.approx(expected)
+
+
+def test_the_reference_scorer_never_builds_full_logits(tmp_path, tokenizer):
+    from trl_edge.curriculum import sequence_nll
+
+    model = build_tiny_model(tokenizer)
+    data = make_dataset(6)
+    trainer = make_trainer(tmp_path, tokenizer, dataset=data, model=model)
+    rows = trainer.train_dataset
+    with torch.no_grad():  # the dense reference: full logits, cross-entropy on the loss tokens
+        dense = []
+        for row in rows:
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor(row["labels"])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            dense.append(torch.nn.functional.cross_entropy(logits, labels[1:], ignore_index=-100).item())
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the LM head's forward ran: [batch, seq, vocab] logits were built")
+
+    model.lm_head.forward = refuse
+    nll, count = sequence_nll(model, rows["input_ids"], rows["labels"], batch_size=4)
+    np.testing.assert_allclose(nll / count, dense, rtol=1e-5)
+    scored = make_trainer(tmp_path, tokenizer, dataset=data, model=model, curriculum_difficulty="reference")
+    np.testing.assert_allclose(scored.curriculum_difficulty, dense, rtol=1e-5)
+
+
+def test_every_difficulty_a_config_accepts_has_a_source_in_its_trainer():
+    from trl_edge import OfflineOnPolicyKDConfig, OfflineOnPolicyKDTrainer
+
+    assert set(CurriculumSFTConfig.difficulty_sources) == set(CurriculumSFTTrainer.difficulty_sources)
+    assert set(OfflineOnPolicyKDConfig.difficulty_sources) == set(OfflineOnPolicyKDTrainer.difficulty_sources)
+    assert {"teacher_nll", "teacher_entropy"} <= set(OfflineOnPolicyKDConfig.difficulty_sources)
+    with pytest.raises(ValueError, match="Unknown `curriculum_difficulty` 'teacher_nll'"):
+        CurriculumSFTConfig("out", curriculum_difficulty="teacher_nll", use_cpu=True, bf16=False)

@@ -121,3 +121,49 @@ def test_fp16_range_is_watched_for_an_edge_target(tmp_path, tokenizer):
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert all(e["edge/max_activation"] > devices.FP16_MAX for e in logs)
     assert np.isfinite(logs[-1]["edge/fp16_range_used"])
+
+
+def test_the_fp16_range_watch_never_reads_the_device_inside_a_forward(tokenizer, monkeypatch):
+    from trl_edge.testing import build_tiny_model
+    from trl_edge.trainer.fp16_range_callback import Fp16RangeCallback
+
+    model = build_tiny_model(tokenizer)
+    callback = Fp16RangeCallback()
+    callback.on_train_begin(None, None, None, model=model)
+    assert len(callback._handles) >= 3  # decoder layers and the final norm
+    host_reads = []
+    for name in ("item", "tolist", "__float__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor, name, lambda self, *a, _o=original, _n=name: host_reads.append(_n) or _o(self, *a)
+        )
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+        model(input_ids=torch.tensor([[9, 10, 11]]))
+    assert host_reads == []  # a host sync per layer per forward is what this guards against
+    monkeypatch.undo()
+    with torch.no_grad():
+        hidden = model.model(input_ids=torch.tensor([[5, 6, 7, 8]])).last_hidden_state
+    max_abs, worst = callback.window_max()
+    assert max_abs >= float(hidden.abs().max()) and worst
+    logs = {}
+    callback.add_to_logs(logs, "atlas-200i-a2")
+    assert logs["edge/max_activation"] == max_abs and callback.window_max() == (0.0, "")
+
+
+def test_the_kd_trainer_watches_the_fp16_range_too(tmp_path, tokenizer):
+    from conftest import make_dataset, training_args
+
+    from trl_edge import OfflineOnPolicyKDConfig, OfflineOnPolicyKDTrainer, cache_teacher_logits
+    from trl_edge.testing import build_tiny_model
+
+    cache = cache_teacher_logits(
+        build_tiny_model(tokenizer, seed=1), tokenizer, make_dataset(8), tmp_path / "c", top_k=8
+    )
+    args = training_args(tmp_path, OfflineOnPolicyKDConfig, max_steps=2, edge_target="atlas-200i-a2")
+    trainer = OfflineOnPolicyKDTrainer(
+        build_tiny_model(tokenizer), args, train_dataset=cache, processing_class=tokenizer
+    )
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert logs and all(0 < e["edge/max_activation"] < devices.FP16_MAX for e in logs)

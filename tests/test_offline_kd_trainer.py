@@ -1,5 +1,7 @@
 """OfflineOnPolicyKDTrainer: real steps on tiny models from a real teacher cache."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -171,12 +173,16 @@ def test_bf16_with_activation_checkpointing(tmp_path, tokenizer, cache):
     "divergence", ["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "tvd", "sampled_reverse_kl"]
 )
 def test_every_divergence_trains(tmp_path, tokenizer, cache, divergence):
-    trainer = OfflineOnPolicyKDTrainer(
-        build_tiny_model(tokenizer),
-        kd_args(tmp_path, max_steps=2, divergence=divergence, tail="renormalize" if divergence == "tvd" else "bucket"),
-        train_dataset=cache,
-        processing_class=tokenizer,
+    args = kd_args(
+        tmp_path, max_steps=2, divergence=divergence, tail="renormalize" if divergence == "tvd" else "bucket"
     )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = OfflineOnPolicyKDTrainer(build_tiny_model(tokenizer), args, train_dataset=cache,
+                                           processing_class=tokenizer)  # fmt: skip
+    # The sampled estimator is meant for the student's own samples; this cache holds a dataset's answers
+    said = [str(w.message) for w in caught if "sampled_reverse_kl" in str(w.message)]
+    assert (divergence == "sampled_reverse_kl") == bool(said) and all("holds no student rollouts" in s for s in said)
     trainer.train()
     assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
 
@@ -190,10 +196,20 @@ def test_cache_made_with_another_tokenizer_or_vocabulary(tmp_path, tokenizer, ca
         OfflineOnPolicyKDTrainer(
             build_tiny_model(other), kd_args(tmp_path), train_dataset=cache, processing_class=other
         )
+    narrower = build_tiny_model(tokenizer)
+    narrower.resize_token_embeddings(len(tokenizer) - 8, mean_resizing=False)
+    with pytest.raises(CacheError, match=r"over 468 tokens .* student's LM head has only 460 outputs.*resize"):
+        OfflineOnPolicyKDTrainer(narrower, kd_args(tmp_path), train_dataset=cache, processing_class=tokenizer)
+
+
+def test_a_student_head_padded_past_the_tokenizer_trains(tmp_path, tokenizer, cache):
     wider = build_tiny_model(tokenizer)
-    wider.resize_token_embeddings(len(tokenizer) + 8)
-    with pytest.raises(CacheError, match="LM head has 476 outputs but the cache .* 468 tokens"):
-        OfflineOnPolicyKDTrainer(wider, kd_args(tmp_path), train_dataset=cache, processing_class=tokenizer)
+    wider.resize_token_embeddings(len(tokenizer) + 8, mean_resizing=False)  # e.g. Qwen2.5-0.5B's 151936 > 151665
+    trainer = OfflineOnPolicyKDTrainer(wider, kd_args(tmp_path, max_steps=3), train_dataset=cache,
+                                       processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "kd_loss" in e]
+    assert len(logs) == 3 and all(np.isfinite(e["kd_loss"]) and e["kd_loss"] > 0 for e in logs)
 
 
 def test_no_cache_and_wrong_config(tmp_path, tokenizer, cache):
@@ -222,3 +238,25 @@ def test_no_cache_and_wrong_config(tmp_path, tokenizer, cache):
 def test_bad_kd_config(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         kd_args(tmp_path, **overrides)
+
+
+def test_statistics_that_cost_passes_are_computed_on_logging_steps_only(tmp_path, tokenizer, cache, monkeypatch):
+    from trl_edge.trainer import offline_kd_trainer
+
+    asked = []
+    original = offline_kd_trainer.chunked_kd_loss
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["compute_stats"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(offline_kd_trainer, "chunked_kd_loss", recording)
+    trainer = OfflineOnPolicyKDTrainer(
+        build_tiny_model(tokenizer), kd_args(tmp_path, max_steps=6, logging_steps=0.5), train_dataset=cache,
+        processing_class=tokenizer,
+    )  # fmt: skip
+    trainer.train()  # logging_steps=0.5 (a fraction of the run) resolves to 3: logs at steps 3 and 6
+    assert asked == [False, False, True, False, False, True]
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in logs] == [3, 6]
+    assert all(0 <= e["top1_agreement"] <= 1 and e["student_entropy"] > 0 for e in logs)

@@ -85,38 +85,39 @@ class CallableScorer:
         return _check_finite(np.array([float(self.fn(row)) for row in dataset], dtype=np.float64), "CallableScorer")
 
 
+class UniformScorer:
+    """Every example equally hard: order within a stage is then random (``curriculum_difficulty='none'``)."""
+
+    def __call__(self, dataset: Dataset) -> np.ndarray:
+        return np.zeros(len(dataset))
+
+
 @torch.no_grad()
 def sequence_nll(model, input_ids, labels=None, batch_size: int = 8, pad_token_id: int = 0, desc: str | None = None):
     """Per sequence, the summed teacher-forced NLL (nats) of its loss tokens and their count.
 
     Loss tokens are those with ``labels != -100`` (all tokens without labels). Sequences run in length-sorted,
-    right-padded batches without gradients; results come back in input order. ``desc`` shows a progress bar.
+    right-padded batches without gradients, and only the loss positions go through the LM head, chunk by chunk in
+    float32 (no ``[batch, seq, vocab]`` logits); results come back in input order. ``desc`` shows a progress bar.
     """
+    from ..backends.transformers_backend import PositionScorer
+
     labels = input_ids if labels is None else labels
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    scorer = PositionScorer(model, top_k=0)
     order = np.argsort([len(x) for x in input_ids], kind="stable")
     nll_sum, n_tokens = np.zeros(len(input_ids)), np.zeros(len(input_ids))
     batches = range(0, len(input_ids), batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
-        batch = order[start : start + batch_size]
-        width = max(len(input_ids[i]) for i in batch)
-        x = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        target = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            x[row, : len(input_ids[i])] = torch.tensor(input_ids[i])
-            target[row, : len(labels[i])] = torch.tensor(labels[i])
-            mask[row, : len(input_ids[i])] = 1
-        logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits.float()
-        target = target[:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), target, ignore_index=-100, reduction="none"
-        )
-        nll_sum[batch] = nll.sum(1).double().cpu().numpy()
-        n_tokens[batch] = (target != -100).sum(1).cpu().numpy()
-    model.train(was_training)
+    try:
+        for start in tqdm(batches, desc=desc, unit="batch", disable=desc is None):
+            batch = order[start : start + batch_size]
+            seqs = [np.asarray(input_ids[i]) for i in batch]
+            labs = [np.asarray(labels[i]) for i in batch]
+            for i, (_, _, token_lp) in zip(batch, scorer(seqs, labs, pad_token_id)):
+                nll_sum[i], n_tokens[i] = -float(token_lp.astype(np.float64).sum()), len(token_lp)
+    finally:
+        model.train(was_training)
     return nll_sum, n_tokens
 
 
@@ -125,34 +126,47 @@ class ReferenceModelScorer:
 
     Works on tokenized data (``input_ids``, and ``labels`` with -100 on positions that carry no loss,
     as SFTTrainer prepares them). Runs in length-sorted batches without gradients, with a progress
-    bar; results come back in dataset order.
+    bar; results come back in dataset order. Under several processes (``state``, accelerate's), each rank scores
+    its own slice and the scores are gathered, so the whole dataset is scored once, not once per rank.
 
     Args:
-        model: a causal LM (already loaded; a name or path is loaded with ``AutoModelForCausalLM``).
+        model: a causal LM (already loaded; a name or path is loaded with ``trl_edge.model_loading.load_causal_lm``
+            on ``state``'s device).
         batch_size: examples per forward pass.
         metric: ``"loss"`` (mean negative log-likelihood, nats) or ``"perplexity"`` (its exponential).
         pad_token_id: id used to pad batches (only attention-masked positions are padded).
+        state: accelerate's ``PartialState`` (or an ``AcceleratorState``) of the job; default: one process.
     """
 
-    def __init__(self, model, batch_size: int = 8, metric: str = "loss", pad_token_id: int = 0):
+    def __init__(self, model, batch_size: int = 8, metric: str = "loss", pad_token_id: int = 0, state=None):
         if metric not in ("loss", "perplexity"):
             raise ValueError(f"`metric` must be 'loss' or 'perplexity', got {metric!r}.")
         if isinstance(model, str):
-            from transformers import AutoModelForCausalLM
+            from ..model_loading import load_causal_lm
 
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_causal_lm(model, device=getattr(state, "device", None))
         self.model = model
         self.batch_size = int(batch_size)
         self.metric = metric
         self.pad_token_id = pad_token_id
+        self.state = state
 
     def __call__(self, dataset: Dataset) -> np.ndarray:
         _require_columns(dataset, ["input_ids"], "ReferenceModelScorer", "Tokenize the dataset first.")
-        labels = dataset["labels"] if "labels" in dataset.column_names else None
+        rank, world = (self.state.process_index, self.state.num_processes) if self.state is not None else (0, 1)
+        mine = np.arange(rank, len(dataset), world)
+        part = dataset.select(mine) if world > 1 else dataset
+        labels = part["labels"] if "labels" in part.column_names else None
         nll_sum, n_tokens = sequence_nll(
-            self.model, dataset["input_ids"], labels, self.batch_size, self.pad_token_id, desc="Scoring difficulty"
+            self.model, part["input_ids"], labels, self.batch_size, self.pad_token_id, desc="Scoring difficulty"
         )
         mean_nll = nll_sum / np.maximum(n_tokens, 1)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            mean_nll, pieces = np.zeros(len(dataset)), gather_object([(mine, nll_sum / np.maximum(n_tokens, 1))])
+            for indices, values in pieces:
+                mean_nll[indices] = values
         scores = np.exp(mean_nll) if self.metric == "perplexity" else mean_nll
         return _check_finite(scores, "ReferenceModelScorer")
 

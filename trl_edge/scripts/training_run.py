@@ -25,6 +25,7 @@ def train_and_save(trainer, training_args, **push_kwargs):
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the loss curves a pipeline report plots
     trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
     if training_args.push_to_hub:
         trainer.push_to_hub(**push_kwargs)

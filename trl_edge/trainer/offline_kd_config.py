@@ -1,29 +1,51 @@
-"""Configuration for offline on-policy distillation: SFTConfig (through CurriculumSFTConfig) plus the KD fields."""
+"""Configuration for offline on-policy distillation: SFTConfig plus the curriculum, edge policy and KD fields."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from trl import SFTConfig
 
 from ..losses import DIVERGENCES, TAIL_MODES
-from .curriculum_sft_config import DIFFICULTY_SOURCES, CurriculumSFTConfig
-
-KD_DIFFICULTY_SOURCES = (*DIFFICULTY_SOURCES, "teacher_entropy", "teacher_nll")
+from .curriculum import CurriculumArguments
+from .edge_precision import EdgePrecisionArguments
 
 
 @dataclass
-class OfflineOnPolicyKDConfig(CurriculumSFTConfig):
+class OfflineOnPolicyKDConfig(CurriculumArguments, EdgePrecisionArguments, SFTConfig):
     r"""
     Configuration class for [`OfflineOnPolicyKDTrainer`]: every [`~trl.SFTConfig`] parameter, the curriculum fields
-    of [`CurriculumSFTConfig`] (off by default: `curriculum_pacing="none"` is plain random order), and the
-    distillation.
+    of [`CurriculumSFTConfig`] (off by default: `curriculum_pacing="none"` is plain random order), the edge policy,
+    and the distillation.
 
     The loss at every completion token is `kd_weight * divergence(teacher || student) + (1 - kd_weight) * CE`,
     against the teacher's cached top-k distribution; the teacher itself is never loaded.
     """
 
-    teacher_cache: str | None = field(
+    difficulty_sources: ClassVar[tuple[str, ...]] = (
+        *CurriculumArguments.difficulty_sources,
+        "teacher_nll",
+        "teacher_entropy",
+    )
+
+    teacher_cache: list[str] | None = field(
         default=None,
-        metadata={"help": "Teacher logit cache directory (made by `trl-edge cache`); the training data."},
+        metadata={
+            "help": "Teacher logit cache directories (made by `trl-edge cache`): the training data. Several caches "
+            "(this round's rollouts, an earlier round's, teacher-written answers) are mixed by "
+            "`teacher_cache_weights`."
+        },
+    )
+    teacher_cache_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Share of the training samples drawn from each cache of `teacher_cache`, e.g. `[0.7, 0.3]`. "
+            "Default: each cache in proportion to its size (plain concatenation)."
+        },
+    )
+    eval_teacher_cache: str | None = field(
+        default=None, metadata={"help": "A held-out teacher cache to evaluate on (the eval dataset)."}
     )
     kd_weight: float = field(default=0.9, metadata={"help": "Weight of the distillation term; CE gets the rest."})
     divergence: str = field(
@@ -46,8 +68,12 @@ class OfflineOnPolicyKDConfig(CurriculumSFTConfig):
             "choices": list(TAIL_MODES),
         },
     )
-    kd_chunk_size: int = field(
-        default=1024, metadata={"help": "Positions per chunk of the LM head + divergence (bounds peak memory)."}
+    kd_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Positions per chunk of the LM head + divergence (bounds peak memory). Default: picked from the "
+            "vocabulary and hidden sizes so the chunk's buffers take no more than the LM head itself."
+        },
     )
     curriculum_pacing: str = field(
         default="none",
@@ -58,18 +84,25 @@ class OfflineOnPolicyKDConfig(CurriculumSFTConfig):
         metadata={
             "help": "Difficulty for a curriculum: `teacher_nll` (the teacher's mean NLL of the sample's tokens), "
             "`teacher_entropy` (estimated from its cached top-k), or any CurriculumSFTConfig source.",
-            "choices": list(KD_DIFFICULTY_SOURCES),
+            "choices": ["length", "column", "reference", "none", "teacher_nll", "teacher_entropy"],
         },
     )
 
     def __post_init__(self):
-        difficulty = self.curriculum_difficulty
-        if difficulty in ("teacher_entropy", "teacher_nll"):  # checked here; the parent knows only its own sources
-            self.curriculum_difficulty = "none"
+        self._apply_edge_defaults()
         super().__post_init__()
-        self.curriculum_difficulty = difficulty
-        if difficulty not in KD_DIFFICULTY_SOURCES:
-            raise ValueError(f"Unknown `curriculum_difficulty` {difficulty!r}; choose one of {KD_DIFFICULTY_SOURCES}.")
+        self._validate_curriculum()
+        if isinstance(self.teacher_cache, str):
+            self.teacher_cache = [self.teacher_cache]
+        if self.teacher_cache_weights is not None:
+            if self.teacher_cache and len(self.teacher_cache_weights) != len(self.teacher_cache):
+                raise ValueError(
+                    f"`teacher_cache_weights` has {len(self.teacher_cache_weights)} weights for "
+                    f"{len(self.teacher_cache)} caches in `teacher_cache`: give one weight per cache."
+                )
+            if any(w < 0 for w in self.teacher_cache_weights) or sum(self.teacher_cache_weights) <= 0:
+                raise ValueError(f"`teacher_cache_weights` must be >= 0 with a positive sum, got "
+                                 f"{self.teacher_cache_weights}.")  # fmt: skip
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"Unknown `divergence` {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
         if self.tail not in TAIL_MODES:
@@ -82,5 +115,5 @@ class OfflineOnPolicyKDConfig(CurriculumSFTConfig):
             raise ValueError(f"`skew_alpha` must be in (0, 1), got {self.skew_alpha}.")
         if not self.temperature > 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
-        if self.kd_chunk_size < 1:
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"`kd_chunk_size` must be >= 1, got {self.kd_chunk_size}.")

@@ -1,41 +1,67 @@
-"""OfflineOnPolicyKDTrainer: distil from a teacher logit cache, at the speed of SFT.
+"""OfflineOnPolicyKDTrainer: distil from teacher logit caches, at the speed of SFT.
 
-The training data is the cache itself (the exact sequences the teacher scored, with its top-k distribution at
-every completion position). The student's LM head and the divergence run chunk by chunk over the scored positions
-only, so ``[batch, seq, vocab]`` logits are never built; no teacher is loaded.
+The training data is the caches themselves (the exact sequences the teacher scored, with its top-k distribution at
+every completion position); several caches (rounds of student rollouts, teacher-written answers) mix by weight. The
+student's LM head and the divergence run chunk by chunk over the scored positions only, so ``[batch, seq, vocab]``
+logits are never built; no teacher is loaded.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import torch
+from datasets import Dataset, concatenate_datasets
+from transformers.trainer_utils import IntervalStrategy
+from trl import SFTTrainer
 
+from ..backends.transformers_backend import check_plain_lm_head
+from ..batch import pad_token_id
 from ..cache.format import CacheError
-from ..cache.reader import TeacherLogitCache
+from ..cache.reader import TeacherLogitCache, collate_samples
+from ..curriculum.scorers import ColumnScorer
+from ..devices import check_process_group
 from ..losses import chunked_kd_loss
-from .curriculum_sft_trainer import CurriculumSFTTrainer
+from .curriculum import CurriculumMixin
+from .edge_precision import EdgePrecisionMixin
 from .offline_kd_config import OfflineOnPolicyKDConfig
 
 TEACHER_KEYS = ("teacher_mask", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_logprobs")
 
 
 class CachedKDCollator:
-    """Builds batches from teacher caches: rows carry ``cache_id`` (which cache) and ``cache_index`` (which sample)."""
+    """Builds batches from teacher caches: rows carry ``cache_id`` (which cache) and ``cache_index`` (which sample).
+
+    A batch may mix samples of several caches (they must share ``top_k``).
+    """
 
     def __init__(self, caches: list[TeacherLogitCache], pad_token_id: int = 0):
         self.caches, self.pad_token_id = caches, pad_token_id
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        cache_ids = {int(e["cache_id"]) for e in examples}
-        if len(cache_ids) != 1:
-            raise ValueError(f"A batch mixes samples of several caches ({sorted(cache_ids)}).")
-        cache = self.caches[cache_ids.pop()]
-        return cache.collate([int(e["cache_index"]) for e in examples], pad_token_id=self.pad_token_id)
+        samples = [self.caches[int(e["cache_id"])][int(e["cache_index"])] for e in examples]
+        return collate_samples(samples, self.caches[0].metadata.top_k, self.pad_token_id)
 
 
-def _open_cache(cache) -> TeacherLogitCache:
+class TeacherDifficultyScorer:
+    """The teacher's view of each row's sample, read from its cache (``teacher_nll`` or ``teacher_entropy``)."""
+
+    def __init__(self, caches: list[TeacherLogitCache], kind: str):
+        self.caches, self.kind = caches, kind
+
+    def __call__(self, dataset: Dataset) -> np.ndarray:
+        cache_ids, indices = np.asarray(dataset["cache_id"]), np.asarray(dataset["cache_index"])
+        scores = np.zeros(len(dataset))
+        for cache_id in np.unique(cache_ids):
+            rows = np.flatnonzero(cache_ids == cache_id)
+            cache = self.caches[int(cache_id)]
+            scores[rows] = cache.teacher_difficulty(self.kind, indices[rows], show_progress=True)
+        return scores
+
+
+def open_cache(cache) -> TeacherLogitCache:
     if isinstance(cache, TeacherLogitCache):
         return cache
     if isinstance(cache, str | os.PathLike):
@@ -46,91 +72,125 @@ def _open_cache(cache) -> TeacherLogitCache:
     )
 
 
-def _teacher_difficulty(cache: TeacherLogitCache, kind: str) -> np.ndarray:
-    """Per-sample difficulty read from the cache: the teacher's mean NLL of the tokens, or its mean entropy."""
-    scores = np.zeros(len(cache))
-    for i in range(len(cache)):
-        sample = cache[i]
-        if kind == "teacher_nll":
-            values = -sample["token_logprobs"]
-        else:  # entropy of the top-k plus the tail as one outcome: a lower bound of the full entropy
-            lp = sample["topk_logprobs"].double()
-            tail = (1 - lp.exp().sum(-1)).clamp(min=1e-12)
-            values = -(lp.exp() * lp).sum(-1) - tail * tail.log()
-        scores[i] = float(values.mean()) if len(values) else 0.0
-    return scores
+def mixture_rows(sizes: list[int], weights: list[float] | None, seed: int) -> list[np.ndarray]:
+    """Which samples of each cache make up the training set, so that cache ``c`` holds ``weights[c]`` of it.
+
+    The mixture is as large as the caches together; a cache with more than its share is subsampled, one with less
+    is repeated (each sample once before any twice), deterministically from ``seed``.
+    """
+    if weights is None:
+        return [np.arange(n) for n in sizes]
+    total, weights = sum(sizes), np.asarray(weights, dtype=np.float64) / sum(weights)
+    counts = np.floor(weights * total).astype(int)
+    counts[np.argsort(-(weights * total - counts))[: total - counts.sum()]] += 1  # largest remainders
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n, count in zip(sizes, counts):
+        if count and not n:
+            raise ValueError("A teacher cache with a positive weight is empty.")
+        repeats = [rng.permutation(n) for _ in range(-(-count // n))] if count else []
+        rows.append(np.concatenate(repeats)[:count] if repeats else np.zeros(0, dtype=np.int64))
+    return rows
 
 
-class OfflineOnPolicyKDTrainer(CurriculumSFTTrainer):
-    """Trains a student on a teacher logit cache: ``kd_weight * divergence + (1 - kd_weight) * CE`` per token.
+def index_dataset(caches: list[TeacherLogitCache], rows: list[np.ndarray] | None = None) -> Dataset:
+    """One row per training sample: ``cache_id`` and ``cache_index`` plus the cache's own index columns."""
+    parts = []
+    for cache_id, cache in enumerate(caches):
+        part = cache.to_dataset(show_progress=True)
+        if rows is not None:
+            part = part.select(rows[cache_id])
+        parts.append(part.add_column("cache_id", np.full(len(part), cache_id, dtype=np.int64)))
+    if len(parts) == 1:
+        return parts[0]
+    shared = set.intersection(*(set(p.column_names) for p in parts))
+    return concatenate_datasets([p.select_columns([c for c in p.column_names if c in shared]) for p in parts])
+
+
+class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
+    """Trains a student on teacher logit caches: ``kd_weight * divergence + (1 - kd_weight) * CE`` per token.
 
     A drop-in for TRL's GKDTrainer / DistillationTrainer users whose teacher has already scored the data once (see
     `trl-edge cache`): the teacher is never loaded, and each step costs about what an SFT step costs.
 
     Args:
-        model: the student (name, path or model), as for SFTTrainer.
+        model: the student (name, path or model), as for SFTTrainer. Its LM head must cover the caches' vocabulary
+            (a head padded past the tokenizer is fine).
         args: an [`OfflineOnPolicyKDConfig`].
-        train_dataset: the teacher cache (a [`TeacherLogitCache`] or its path); or leave it out and set
-            `args.teacher_cache`.
-        eval_dataset: optional, another teacher cache (e.g. held-out student samples scored by the teacher).
-        processing_class: the student's tokenizer; it must be the one the cache was made with.
+        train_dataset: a teacher cache (a [`TeacherLogitCache`] or its path), or a list of them mixed by
+            `args.teacher_cache_weights`; or leave it out and set `args.teacher_cache`.
+        eval_dataset: optional, another teacher cache (e.g. held-out student samples scored by the teacher); or
+            `args.eval_teacher_cache`.
+        processing_class: the student's tokenizer; it must be the one the caches were made with.
+        difficulty_scorer: overrides `args.curriculum_difficulty` (see CurriculumSFTTrainer).
 
     Other SFTTrainer arguments (callbacks, optimizers, peft_config, ...) pass through. Logged: `kd_loss`,
-    `ce_loss`, `top1_agreement` (student argmax = teacher top-1), `student_entropy`, `teacher_tail_mass`.
+    `ce_loss`, `teacher_tail_mass` every step; `top1_agreement` (student argmax = teacher top-1) and
+    `student_entropy` on logging steps only (they cost two passes over the vocabulary).
     """
 
     _tag_names = ["trl", "sft", "trl-edge", "knowledge-distillation", "offline-kd"]
     loss_is_scaled_for_ga = True
+    difficulty_sources = {
+        **CurriculumMixin.difficulty_sources,
+        "length": lambda trainer: ColumnScorer("num_tokens"),
+        "teacher_nll": lambda trainer: TeacherDifficultyScorer(trainer.teacher_caches, "teacher_nll"),
+        "teacher_entropy": lambda trainer: TeacherDifficultyScorer(trainer.teacher_caches, "teacher_entropy"),
+    }
 
     def __init__(self, model, args: OfflineOnPolicyKDConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, **kwargs):  # fmt: skip
+                 processing_class=None, difficulty_scorer=None, **kwargs):  # fmt: skip
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = OfflineOnPolicyKDConfig(f"{str(name).split('/')[-1]}-OfflineKD")
         if not isinstance(args, OfflineOnPolicyKDConfig):
             raise TypeError(f"OfflineOnPolicyKDTrainer needs an OfflineOnPolicyKDConfig, got {type(args).__name__}.")
         source = train_dataset if train_dataset is not None else args.teacher_cache
-        if source is None:
+        if source is None or (isinstance(source, list | tuple) and not source):
             raise ValueError(
                 "OfflineOnPolicyKDTrainer trains on a teacher cache: pass it as `train_dataset` (a TeacherLogitCache "
-                "or its path) or set `teacher_cache` in the config. Make one with `trl-edge cache`."
+                "or its path, or a list of them) or set `teacher_cache` in the config. Make one with `trl-edge cache`."
             )
-        caches = [_open_cache(source)]
-        if eval_dataset is not None:
-            caches.append(_open_cache(eval_dataset))
-        self.teacher_cache = caches[0]
-        datasets = [c.to_dataset().add_column("cache_id", [i] * len(c)) for i, c in enumerate(caches)]
+        sources = list(source) if isinstance(source, list | tuple) else [source]
+        if args.teacher_cache_weights is not None and len(args.teacher_cache_weights) != len(sources):
+            raise ValueError(
+                f"`teacher_cache_weights` has {len(args.teacher_cache_weights)} weights for {len(sources)} caches."
+            )
+        self.teacher_caches = [open_cache(c) for c in sources]
+        self.teacher_cache = self.teacher_caches[0]
+        eval_source = eval_dataset if eval_dataset is not None else args.eval_teacher_cache
+        eval_caches = [open_cache(eval_source)] if eval_source is not None else []
+        caches = self.teacher_caches + eval_caches
+        if len({c.metadata.top_k for c in caches}) > 1:
+            raise CacheError(
+                "The teacher caches hold different top_k ("
+                + ", ".join(f"{c.path}: {c.metadata.top_k}" for c in caches)
+                + "); a batch can mix them only at one k. Cache them with the same `--top_k`."
+            )
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        rows = mixture_rows([len(c) for c in self.teacher_caches], args.teacher_cache_weights, seed)
+        train = index_dataset(self.teacher_caches, rows)
+        evaluation = None
+        if eval_caches:
+            evaluation = eval_caches[0].to_dataset()
+            evaluation = evaluation.add_column("cache_id", [len(self.teacher_caches)] * len(evaluation))
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         collator = CachedKDCollator(caches)
-        scorer = None
-        if args.curriculum_pacing == "none" and args.curriculum_stage_column is None:
-            scorer = lambda dataset: np.zeros(len(dataset))  # noqa: E731 (random order: no difficulty needed)
-        elif args.curriculum_difficulty in ("teacher_nll", "teacher_entropy"):
-            scorer = lambda dataset: _teacher_difficulty(self.teacher_cache, args.curriculum_difficulty)  # noqa: E731
+        self._check_curriculum_inputs(args, train)
         super().__init__(
-            model,
-            args,
-            data_collator=collator,
-            train_dataset=datasets[0],
-            eval_dataset=datasets[1] if len(datasets) > 1 else None,
-            processing_class=processing_class,
-            difficulty_scorer=scorer,
-            **kwargs,
-        )
+            model, args, data_collator=collator, train_dataset=train, eval_dataset=evaluation,
+            processing_class=processing_class, **kwargs,
+        )  # fmt: skip
+        check_process_group(self.accelerator.num_processes)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        collator.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
+        collator.pad_token_id = pad_token_id(tokenizer)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        head = unwrapped.get_output_embeddings()
         for cache in caches:
             cache.check_tokenizer(tokenizer)
-            if head.weight.shape[0] != cache.metadata.vocab_size:
-                raise CacheError(
-                    f"The student's LM head has {head.weight.shape[0]} outputs but the cache at {cache.path} holds "
-                    f"distributions over {cache.metadata.vocab_size} tokens (teacher {cache.metadata.teacher}). "
-                    "Teacher and student must share the vocabulary."
-                )
-        config = self.accelerator.unwrap_model(self.model).config
-        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-            raise ValueError("Students with logit soft-capping or logit scaling are not supported yet.")
+            cache.check_head_size(head.weight.shape[0])
+        self._check_sampling_consistency()
+        check_plain_lm_head(unwrapped, "OfflineOnPolicyKDTrainer")
         sharded = self.is_fsdp_enabled or (
             self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
         )
@@ -141,10 +201,50 @@ class OfflineOnPolicyKDTrainer(CurriculumSFTTrainer):
             )
         # num_items_in_batch (the token count over accumulation steps and devices) is what the loss divides by.
         self.model_accepts_loss_kwargs = True
+        self._init_edge_precision()
+        self._init_curriculum(difficulty_scorer)
+
+    def _check_sampling_consistency(self) -> None:
+        """``sampled_reverse_kl`` is an estimator over the student's own samples at temperature 1: say so when the
+        cache's provenance shows other data."""
+        if self.args.divergence != "sampled_reverse_kl":
+            return
+        for cache in self.teacher_caches:
+            source = cache.metadata.source or {}
+            if source.get("kind") != "rollouts":
+                warnings.warn(
+                    "divergence='sampled_reverse_kl' estimates KL(student || teacher) from tokens the student "
+                    f"sampled itself, but {cache.path} holds no student rollouts (source: "
+                    f"{source.get('kind', 'a dataset')}): its tokens were not drawn from the student, so the "
+                    "estimate is biased. Use `forward_kl` or `reverse_kl` (exact on the cached support) for such "
+                    "data.",
+                    stacklevel=3,
+                )
+                continue
+            sampling = source.get("sampling", {})
+            if sampling.get("temperature", 1.0) != 1.0 or sampling.get("top_p", 1.0) < 1.0 or sampling.get("top_k"):
+                raise ValueError(
+                    f"divergence='sampled_reverse_kl' needs samples from the student's own distribution, but the "
+                    f"rollouts in {cache.path} were drawn with temperature={sampling.get('temperature')}, top_p="
+                    f"{sampling.get('top_p')}, top_k={sampling.get('top_k')}: a reshaped distribution, so the "
+                    "estimator would be biased. Sample at temperature 1 without top-p/top-k, or use `reverse_kl`."
+                )
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["input_ids", "labels", "cache_index", "cache_id"]
+            self._signature_columns = ["cache_index", "cache_id"]
+
+    def _is_logging_step(self) -> bool:
+        """Whether the optimizer step being computed will be logged (the statistics that cost passes wait for it)."""
+        if not self.model.training:
+            return True
+        args, state = self.args, self.state
+        if args.logging_strategy != IntervalStrategy.STEPS:
+            return True
+        if args.logging_first_step and state.global_step == 0:
+            return True
+        steps = int(state.logging_steps or 1)
+        return (state.global_step + 1) % steps == 0 or state.global_step + 1 >= state.max_steps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -179,6 +279,7 @@ class OfflineOnPolicyKDTrainer(CurriculumSFTTrainer):
             tail=args.tail,
             normalizer=normalizer,
             chunk_size=args.kd_chunk_size,
+            compute_stats=self._is_logging_step(),
         )
         loss = result.loss
         # Like SFTTrainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients over ranks.
@@ -189,25 +290,19 @@ class OfflineOnPolicyKDTrainer(CurriculumSFTTrainer):
 
     def _log_kd_metrics(self, mode, result, attention_mask) -> None:
         device = result.kd_sum.device
-        sums = torch.stack(
-            [
-                result.kd_sum.float(),
-                result.ce_sum.float(),
-                result.top1_agreement_sum.float(),
-                result.student_entropy_sum.float(),
-                result.teacher_tail_mass_sum.float(),
-                torch.tensor(float(result.num_positions), device=device),
-            ]
-        )
-        kd, ce, top1, entropy, tail, count = self.accelerator.gather_for_metrics(sums[None]).sum(0).tolist()
+        stats = {
+            "kd_loss": result.kd_sum,
+            "ce_loss": result.ce_sum,
+            "teacher_tail_mass": result.teacher_tail_mass_sum,
+            "top1_agreement": result.top1_agreement_sum,
+            "student_entropy": result.student_entropy_sum,
+        }
+        stats = {name: value for name, value in stats.items() if value is not None}
+        count = torch.tensor(float(result.num_positions), device=device)
+        sums = torch.stack([v.float() for v in stats.values()] + [count])
+        *values, count = self.accelerator.gather_for_metrics(sums[None]).sum(0).tolist()
         count = max(count, 1.0)
-        for name, value in (
-            ("kd_loss", kd),
-            ("ce_loss", ce),
-            ("top1_agreement", top1),
-            ("student_entropy", entropy),
-            ("teacher_tail_mass", tail),
-        ):
+        for name, value in zip(stats, values):
             self._metrics[mode][name].append(value / count)
         if mode == "train":
             tokens = self.accelerator.gather_for_metrics(attention_mask.sum()[None]).sum().item()
