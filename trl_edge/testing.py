@@ -58,9 +58,9 @@ def build_tokenizer(vocab_size: int = 512):
 
 
 def build_tiny_model(tokenizer=None, arch: str = "llama", hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
-    """A randomly initialised causal LM (``llama`` or ``qwen2`` style) sized for the tokenizer."""
+    """A randomly initialised causal LM (``llama``, ``qwen2`` or ``qwen3`` style) sized for the tokenizer."""
     import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
 
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     common = dict(
@@ -80,8 +80,10 @@ def build_tiny_model(tokenizer=None, arch: str = "llama", hidden_size: int = 32,
         config = LlamaConfig(**common)
     elif arch == "qwen2":
         config = Qwen2Config(**common)
+    elif arch == "qwen3":
+        config = Qwen3Config(**common, head_dim=hidden_size // common["num_attention_heads"])  # its default is 128
     else:
-        raise ValueError(f"Unknown tiny architecture {arch!r}: use 'llama' or 'qwen2'.")
+        raise ValueError(f"Unknown tiny architecture {arch!r}: use 'llama', 'qwen2' or 'qwen3'.")
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config)
 
