@@ -30,7 +30,7 @@ def trl_edge(*args, env=ENV, timeout=300):
 def test_help_lists_the_subcommands():
     result = trl_edge("--help")
     assert result.returncode == 0
-    for command in ("sft", "cache", "kd", "export", "env"):
+    for command in ("sft", "rollout", "cache", "kd", "eval", "export", "make-student", "env"):
         assert command in result.stdout
 
 
@@ -48,7 +48,14 @@ def exploding_torch_npu(tmp_path_factory):
     [
         ("sft", ("--curriculum_pacing", "--curriculum_stage_column", "--use_peft", "--lora_r", "--dataset_name")),
         ("kd", ("--teacher_cache", "--kd_weight", "--divergence", "--tail", "--use_peft", "--edge_target")),
-        ("cache", ("--teacher", "--dataset", "--top_k", "--encoding", "--shard_size", "--backend")),
+        (
+            "cache",
+            ("--teacher", "--dataset", "--top_k", "--encoding", "--shard_size", "--backend", "--trust_remote_code"),
+        ),
+        (
+            "rollout",
+            ("--model_name_or_path", "--num_samples", "--temperature", "--top_p", "--max_new_tokens", "--round"),
+        ),
         ("export", ("--output_dir", "--seq_len", "--no_onnx")),
     ],
 )
@@ -106,6 +113,32 @@ def test_trl_edge_sft_runs_the_tiny_recipe_offline_and_says_where_it_saved(tmp_p
     trained = AutoModelForCausalLM.from_pretrained(out)
     initial = AutoModelForCausalLM.from_pretrained(ROOT / "recipes/assets/tiny-llama")
     assert not torch.equal(trained.lm_head.weight, initial.lm_head.weight)
+    # No warning caused by our code: accelerate's launch defaults, transformers' deprecated checkpointing name
+    for noise in ("were not passed to `accelerate launch`", "FutureWarning", "is deprecated"):
+        assert noise not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command", ["sft", "kd", "cache", "rollout"])
+def test_a_mistyped_flag_gets_one_clear_line(command):
+    flag = {"sft": "--lerning_rate", "kd": "--kd_wieght", "cache": "--top_kk", "rollout": "--temprature"}[command]
+    config = {"sft": TINY_RECIPE, "kd": "offline_kd/kd_tiny.yaml", "cache": "offline_kd/cache_tiny.yaml",
+              "rollout": "offline_kd/rollout_tiny.yaml"}[command]  # fmt: skip
+    args = [command, "--config", str(ROOT / "recipes" / config), flag, "1"]
+    result = trl_edge(*args)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    expected = {"--lerning_rate": "--learning_rate", "--kd_wieght": "--kd_weight", "--top_kk": "--top_k",
+                "--temprature": "--temperature"}[flag]  # fmt: skip
+    assert lines[-1] == f"trl-edge {command}: error: unknown argument {flag}; did you mean {expected}?", lines[-5:]
+    assert len(lines) <= 3, result.stderr  # not accelerate's 100-line usage
+
+
+def test_a_config_that_fails_its_checks_gets_one_clear_line():
+    result = trl_edge("cache", "--top_k", "4")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "trl-edge cache: error: `trl-edge cache` needs --teacher, --dataset, --output_dir."
+    )
 
 
 def test_lora_flags_train_an_adapter(tmp_path, monkeypatch):

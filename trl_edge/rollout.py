@@ -1,0 +1,412 @@
+"""On-policy data: the current student samples completions of a prompt set, token-exactly, resumably.
+
+``generate_rollouts`` writes a **rollout set**: a directory of Arrow shards (never pickle), each written atomically
+and sealed with its sha256, plus ``metadata.json`` with the provenance (the policy and a hash of its weights, the
+round, the sampling settings and seed, the trl-edge version). Per sample it keeps the prompt's token ids and the
+exact sampled completion ids (nothing is decoded and re-tokenized), why the sample ended (``eos``: the stop token
+the model sampled is its last token; ``length``: cut at ``max_new_tokens``, no end token added), the log-prob of
+every sampled token under the sampling distribution (what an importance weight or off-policy correction needs), the
+prompt and sample index, and the prompt dataset's own columns (a stage label, an id).
+
+Shard ``i`` holds the samples of prompts ``[i * shard_size, (i + 1) * shard_size)``; each accelerate rank samples
+shards ``rank, rank + world, ...``, so the ranks cover every prompt exactly once, and each shard's draw is seeded
+from ``(seed, shard)``, so a rerun after a kill, or a run on another number of ranks, gives the same set.
+``cache_teacher_logits`` scores a rollout set's exact ids (``RolloutSet.scoring_plan``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backends import check_backend
+from .batch import pad_token_id
+from .cache.format import atomic_write, file_sha256, sample_id, tokenizer_fingerprint
+from .data_columns import passthrough_columns, read_table, table_bytes
+from .devices import partial_state
+from .model_loading import load_causal_lm, model_name
+
+METADATA_FILE = "rollouts.json"
+ROLLOUT_FORMAT_VERSION = 1
+
+
+class RolloutError(ValueError):
+    """A rollout set that cannot be used as it is: incomplete, corrupted, or made with other settings."""
+
+
+@dataclass
+class SamplingSettings:
+    """How the policy samples: the knobs of the sampling distribution and how many samples per prompt."""
+
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    max_new_tokens: int = 256
+    seed: int = 0
+    stop_token_ids: list[int] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1, got {self.num_samples}.")
+        if self.temperature < 0:
+            raise ValueError(f"`temperature` must be >= 0 (0: greedy), got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"`top_k` must be >= 0 (0 or None: off), got {self.top_k}.")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}.")
+
+
+@dataclass
+class RolloutMetadata:
+    """Where a rollout set came from, and how it is cut into shards."""
+
+    policy: str
+    policy_hash: str
+    tokenizer_fingerprint: str
+    prompts_fingerprint: str
+    num_prompts: int
+    shard_size: int
+    sampling: dict
+    round: int | None = None
+    backend: str = "transformers"
+    columns: list[str] = field(default_factory=list)
+    trl_edge_version: str = ""
+    format_version: int = ROLLOUT_FORMAT_VERSION
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.num_prompts // self.shard_size)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, self.num_prompts)
+
+    def settings(self) -> dict:
+        """What two runs must agree on to write into the same rollout set."""
+        out = asdict(self)
+        out.pop("trl_edge_version")
+        return out
+
+    def provenance(self) -> dict:
+        """What a teacher cache made from this set records about it."""
+        keep = ("policy", "policy_hash", "round", "sampling", "backend", "prompts_fingerprint", "trl_edge_version")
+        return {"kind": "rollouts", **{k: v for k, v in asdict(self).items() if k in keep}}
+
+
+def shard_file(index: int) -> str:
+    return f"rollouts-{index:05d}.arrow"
+
+
+def seal_file(index: int) -> str:
+    return f"rollouts-{index:05d}.json"
+
+
+def weights_hash(model) -> str:
+    """A hash of a model's weights (names, dtypes, shapes, bytes): which policy sampled, exactly."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        data = tensor.detach().cpu().contiguous()
+        h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return h.hexdigest()
+
+
+def tokenize_prompts(dataset, processing_class) -> list[list[int]]:
+    """Each row's ``prompt`` (conversational or plain text) as SFTTrainer tokenizes a prompt: a conversational one
+    through the chat template with the generation prompt, a string with the tokenizer itself."""
+    from trl.data_utils import _tokenize, is_conversational
+
+    if "prompt" not in dataset.column_names:
+        raise ValueError(
+            f"Rollouts need a `prompt` column (TRL's prompt format: messages or text); the dataset has "
+            f"{dataset.column_names}."
+        )
+    out = []
+    for row in dataset:
+        kwargs = {"add_generation_prompt": True} if is_conversational(row) else {}
+        if row.get("tools") is not None:
+            kwargs["tools"] = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
+        ids = _tokenize(processing_class, row["prompt"], **kwargs)["input_ids"]
+        out.append([int(i) for i in ids])
+    return out
+
+
+def _stop_tokens(model, tokenizer, extra) -> list[int]:
+    ids = set(int(t) for t in extra or [])
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    for value in (eos, getattr(tokenizer, "eos_token_id", None)):
+        if value is not None:
+            ids.update(int(v) for v in (value if isinstance(value, list | tuple) else [value]))
+    if not ids:
+        raise ValueError("No stop token: the tokenizer has no EOS token and the model's generation_config none.")
+    return sorted(ids)
+
+
+def _shard_seed(seed: int, shard: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{shard}".encode(), digest_size=4).digest(), "little")
+
+
+def generate_rollouts(
+    policy,
+    processing_class,
+    dataset,
+    output_dir: str | os.PathLike,
+    *,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int | None = None,
+    max_new_tokens: int = 256,
+    seed: int = 0,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    backend: str = "transformers",
+    round: int | None = None,
+    stop_token_ids: list[int] | None = None,
+    dtype: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+    tensor_parallel_size: int = 1,
+    use_cpu: bool | None = None,
+    overwrite: bool = False,
+) -> RolloutSet:
+    """Sample ``num_samples`` completions of every prompt of ``dataset`` from ``policy`` into ``output_dir``.
+
+    Args:
+        policy: the student (a model, or its name or path, loaded with ``trl_edge.model_loading.load_causal_lm``).
+        processing_class: its tokenizer.
+        dataset: a ``datasets.Dataset`` with a ``prompt`` column in any TRL prompt format (messages or text); its
+            other scalar columns travel with each sample.
+        output_dir: the rollout set's directory. Rerunning the same call resumes: sound shards are kept.
+        num_samples, temperature, top_p, top_k, max_new_tokens, seed: the sampling (``temperature=0``: greedy).
+        batch_size: prompts per ``generate`` call (length-grouped inside each shard; transformers backend).
+        shard_size: prompts per shard: the unit of atomic writing, resuming and splitting across ranks.
+        backend: ``transformers`` (default) or ``vllm`` (one ``LLM.generate`` per shard, ``tensor_parallel_size``).
+        round: which round of on-policy distillation this is (recorded in the provenance).
+        stop_token_ids: extra stop tokens (the tokenizer's EOS and the model's generation_config EOS always stop).
+        use_cpu: sample on the CPU even if an accelerator is present.
+        overwrite: discard an existing rollout set in ``output_dir`` instead of resuming it.
+    """
+    import trl_edge
+
+    state = partial_state(use_cpu)
+    check_backend(backend)
+    directory = Path(output_dir)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    if len(dataset) == 0:
+        raise ValueError("The prompt dataset is empty: there is nothing to sample.")
+    prompts = tokenize_prompts(dataset, processing_class)
+    columns = passthrough_columns(dataset, exclude=("prompt_index", "sample_index", "finish_reason"))
+    pad = pad_token_id(tokenizer)
+    if backend == "transformers":
+        model = load_causal_lm(
+            policy, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation, device=state.device,
+        )  # fmt: skip
+        name = model_name(policy if isinstance(policy, str | os.PathLike) else model)
+        policy_hash = weights_hash(model)
+    else:
+        from .backends.vllm_backend import VLLMEngine
+
+        engine = VLLMEngine.load(
+            policy, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size, seed=seed, logprobs_mode="processed_logprobs",
+        )  # fmt: skip
+        name, model = engine.name, None
+        policy_hash = _directory_hash(policy) if isinstance(policy, str | os.PathLike) else "unknown"
+    sampling = SamplingSettings(
+        num_samples=num_samples, temperature=temperature, top_p=top_p, top_k=top_k or None,
+        max_new_tokens=max_new_tokens, seed=seed, stop_token_ids=_stop_tokens(model, tokenizer, stop_token_ids),
+    )  # fmt: skip
+    sampling.check()
+    prompts_hash = hashlib.blake2b(json.dumps(prompts).encode(), digest_size=16).hexdigest()
+    meta = RolloutMetadata(
+        policy=name, policy_hash=policy_hash, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        prompts_fingerprint=prompts_hash, num_prompts=len(prompts), shard_size=int(shard_size),
+        sampling=asdict(sampling), round=round, backend=backend, columns=columns,
+        trl_edge_version=trl_edge.__version__,
+    )  # fmt: skip
+    _prepare_output(directory, meta, overwrite, state.is_main_process)
+    state.wait_for_everyone()
+
+    kept = {c: dataset[c] for c in columns}
+    mine = range(state.process_index, meta.num_shards, state.num_processes)
+    todo = [i for i in mine if not _is_sealed(directory, i)]
+    total = sum(meta.shard_range(i)[1] - meta.shard_range(i)[0] for i in todo)
+    with tqdm(total=total, desc=f"Sampling rollouts (rank {state.process_index})", unit="prompt",
+              disable=not state.is_local_main_process) as bar:  # fmt: skip
+        for index in todo:
+            start, stop = meta.shard_range(index)
+            shard_prompts = prompts[start:stop]
+            if backend == "transformers":
+                samples = _sample_shard(model, shard_prompts, sampling, pad, batch_size, _shard_seed(seed, index), bar)
+            else:
+                seeds = [_shard_seed(seed, index) + i for i in range(len(shard_prompts))]
+                samples = engine.generate(shard_prompts, sampling, seeds)
+                bar.update(len(shard_prompts))
+            _write_shard(directory, index, start, shard_prompts, samples, kept, state.process_index)
+    state.wait_for_everyone()
+    return RolloutSet(directory)
+
+
+def _directory_hash(path) -> str:
+    """A hash of a checkpoint directory's weight files (a vLLM policy is loaded by path)."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in sorted(Path(path).glob("*.safetensors")):
+        h.update(f.name.encode() + file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _sample_shard(model, prompts, sampling: SamplingSettings, pad, batch_size, seed, bar):
+    """Samples of one shard's prompts, in length-grouped batches, each seeded from the shard's seed."""
+    from .backends.transformers_backend import sample_completions
+
+    order = np.argsort([-len(p) for p in prompts], kind="stable")
+    results: list = [None] * len(prompts)
+    for b in range(0, len(order), batch_size):
+        batch = order[b : b + batch_size]
+        out = sample_completions(
+            model, [prompts[i] for i in batch], num_samples=sampling.num_samples, temperature=sampling.temperature,
+            top_p=sampling.top_p, top_k=sampling.top_k, max_new_tokens=sampling.max_new_tokens,
+            stop_token_ids=sampling.stop_token_ids, pad_token_id=pad, seed=seed + b,
+        )  # fmt: skip
+        for i, samples in zip(batch, out):
+            results[i] = samples
+        bar.update(len(batch))
+    return results
+
+
+def _write_shard(directory: Path, index: int, start: int, prompts, samples, kept: dict, rank: int = 0) -> None:
+    rows = {"prompt_index": [], "sample_index": [], "prompt_ids": [], "completion_ids": [], "logprobs": [],
+            "finish_reason": [], **{c: [] for c in kept}}  # fmt: skip
+    for offset, (prompt, per_prompt) in enumerate(zip(prompts, samples)):
+        for j, (ids, logprobs, reason) in enumerate(per_prompt):
+            rows["prompt_index"].append(start + offset)
+            rows["sample_index"].append(j)
+            rows["prompt_ids"].append(np.asarray(prompt, dtype=np.int32))
+            rows["completion_ids"].append(np.asarray(ids, dtype=np.int32))
+            rows["logprobs"].append(np.asarray(logprobs, dtype=np.float32))
+            rows["finish_reason"].append(reason)
+            for c in kept:
+                rows[c].append(kept[c][start + offset])
+    import pyarrow as pa
+
+    typed = {
+        "prompt_index": pa.array(rows.pop("prompt_index"), pa.int64()),
+        "sample_index": pa.array(rows.pop("sample_index"), pa.int32()),
+        **{k: pa.array(rows.pop(k), pa.list_(pa.int32())) for k in ("prompt_ids", "completion_ids")},
+        "logprobs": pa.array(rows.pop("logprobs"), pa.list_(pa.float32())),
+        **rows,
+    }
+    data = table_bytes(typed)
+    atomic_write(directory / shard_file(index), data)
+    seal = {"shard": index, "rows": len(typed["prompt_index"]), "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "written_by": rank}  # fmt: skip
+    atomic_write(directory / seal_file(index), json.dumps(seal, indent=2).encode())
+
+
+def _is_sealed(directory: Path, index: int) -> bool:
+    seal, shard = directory / seal_file(index), directory / shard_file(index)
+    if not (seal.is_file() and shard.is_file()):
+        return False
+    try:
+        info = json.loads(seal.read_text())
+        return info["size"] == shard.stat().st_size and info["sha256"] == file_sha256(shard)
+    except (json.JSONDecodeError, KeyError):
+        return False
+
+
+def _prepare_output(directory: Path, meta: RolloutMetadata, overwrite: bool, is_main: bool) -> None:
+    path = directory / METADATA_FILE
+    if path.is_file() and not overwrite:
+        old = RolloutMetadata(**json.loads(path.read_text())).settings()
+        diff = {k: (old.get(k), v) for k, v in meta.settings().items() if old.get(k) != v}
+        if diff:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            raise RolloutError(
+                f"{directory} already holds rollouts made with other settings ({changes}). Use another output_dir, "
+                "or pass overwrite=True (`--overwrite`) to start again."
+            )
+        return
+    if is_main:
+        if path.is_file() and overwrite:
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(asdict(meta), indent=2, sort_keys=True).encode())
+
+
+class RolloutSet:
+    """A rollout set on disk: its provenance (``metadata``) and its samples, as a ``datasets.Dataset`` or a
+    scoring plan for the teacher cache."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        meta_path = self.path / METADATA_FILE
+        if not meta_path.is_file():
+            raise RolloutError(f"{self.path} is not a rollout set: it has no {METADATA_FILE}. Make one with "
+                               "`trl-edge rollout` or `trl_edge.generate_rollouts`.")  # fmt: skip
+        self.metadata = RolloutMetadata(**json.loads(meta_path.read_text()))
+        missing = [shard_file(i) for i in range(self.metadata.num_shards) if not _is_sealed(self.path, i)]
+        if missing:
+            raise RolloutError(
+                f"The rollout set at {self.path} is incomplete or corrupted: {', '.join(missing[:5])} "
+                f"{'is missing or fails its seal' if len(missing) == 1 else 'are missing or fail their seals'}. "
+                "Rerun the same rollout command (same output_dir) to finish it."
+            )
+        self._dataset = None
+
+    @staticmethod
+    def is_rollout_set(path) -> bool:
+        return path is not None and (Path(path) / METADATA_FILE).is_file()
+
+    def to_dataset(self):
+        """Every sample as a row: prompt/sample index, ``prompt_ids``, ``completion_ids``, ``logprobs``,
+        ``finish_reason`` and the prompt dataset's own columns, in prompt order."""
+        if self._dataset is None:
+            import pyarrow as pa
+            from datasets import Dataset
+
+            tables = [read_table((self.path / shard_file(i)).read_bytes()) for i in range(self.metadata.num_shards)]
+            self._dataset = Dataset(pa.concat_tables(tables))
+        return self._dataset
+
+    def __len__(self) -> int:
+        return len(self.to_dataset())
+
+    def __getitem__(self, index: int) -> dict:
+        return self.to_dataset()[index]
+
+    def scoring_plan(self):
+        """What the teacher scores: each prompt + completion token for token, loss on the completion only."""
+        from .cache.writer import ScoringPlan
+
+        ds = self.to_dataset()
+        prompts, completions = ds["prompt_ids"], ds["completion_ids"]
+        seqs = [np.asarray(p + c, dtype=np.int32) for p, c in zip(prompts, completions)]
+        labs = [np.asarray([-100] * len(p) + c, dtype=np.int32) for p, c in zip(prompts, completions)]
+        keep = ["prompt_index", "sample_index", "finish_reason", *self.metadata.columns]
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+        sample_ids = np.stack([np.frombuffer(sample_id(s, lab), dtype=np.uint8) for s, lab in zip(seqs, labs)])
+        return ScoringPlan(
+            input_ids=np.concatenate(seqs), labels=np.concatenate(labs), offsets=offsets, sample_ids=sample_ids,
+            columns={c: ds[c] for c in keep}, source=self.metadata.provenance(), tokenization={"rollouts": True},
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"RolloutSet({str(self.path)!r}, policy={m.policy!r}, prompts={m.num_prompts}, "
+                f"samples_per_prompt={m.sampling['num_samples']}, round={m.round})")  # fmt: skip
