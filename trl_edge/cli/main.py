@@ -1,10 +1,15 @@
 """``trl-edge``: the console script.
 
 trl-edge sft --config recipe.yaml [--flag value ...]     curriculum SFT, under accelerate launch
+trl-edge rollout --config recipe.yaml                     the student samples a prompt set, under accelerate launch
+trl-edge teacher-answers --config recipe.yaml             the teacher writes SFT answers, under accelerate launch
+trl-edge pipeline --config pipeline.yaml                  the whole method, stage by stage, resumable, with a report
 trl-edge cache --teacher T --dataset D --output_dir DIR   cache teacher logits, under accelerate launch
 trl-edge cache verify DIR                                 check every shard and sample of a cache
 trl-edge kd --config recipe.yaml                          distil from a teacher cache, under accelerate launch
 trl-edge export MODEL --output_dir DIR                    fp16 check, fp16 safetensors, static ONNX for Ascend ATC
+trl-edge eval --config eval.yaml                          fidelity, generation quality, lm-eval benchmarks, in-process
+trl-edge make-student --teacher T --num_layers N --output_dir DIR   a depth-pruned student of a teacher
 trl-edge env                                              versions, devices, variables
 """
 
@@ -16,6 +21,8 @@ from argparse import ArgumentParser
 # command -> (module in trl_edge.scripts, help)
 SCRIPTS = {
     "sft": ("sft", "Curriculum SFT (CurriculumSFTTrainer), launched with accelerate"),
+    "rollout": ("rollout", "On-policy data: the student samples completions of a prompt set (token-exact)"),
+    "teacher-answers": ("teacher_answers", "The teacher writes the SFT answers of a prompt set"),
     "cache": (
         "cache_teacher",
         "Cache teacher logits once for offline distillation; `cache verify DIR` checks a cache",
@@ -31,6 +38,15 @@ def build_parser() -> ArgumentParser:
         subparsers.add_parser(name, help=help_text, add_help=False)
     subparsers.add_parser(
         "export", help="fp16-safety report, fp16 safetensors and static-shape ONNX for ATC", add_help=False
+    )
+    subparsers.add_parser(
+        "make-student", help="Depth-prune a teacher into a student: N evenly spaced layers", add_help=False
+    )
+    subparsers.add_parser(
+        "eval", help="Evaluate a checkpoint: teacher fidelity, generation quality, lm-eval benchmarks", add_help=False
+    )
+    subparsers.add_parser(
+        "pipeline", help="The whole method as one resumable job, stage by stage, with a report", add_help=False
     )
     subparsers.add_parser("env", help="Print versions, devices and variables for bug reports")
     return parser
@@ -55,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         from .export import export_command
 
         return export_command(argv[1:])
+    if args.command == "pipeline":  # drives the stages, each in its own process
+        from .pipeline import pipeline_command
+
+        return pipeline_command(argv[1:])
+    if args.command == "make-student":
+        from .make_student import make_student_command
+
+        return make_student_command(argv[1:])
+    if args.command == "eval":  # in this process: one model, no accelerate launch
+        from ..scripts.evaluate import run
+
+        return run(argv[1:], prog="trl-edge eval")
     if args.command == "cache" and argv[1:2] == ["verify"]:
         from .verify import verify_cache
 

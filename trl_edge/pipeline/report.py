@@ -1,0 +1,172 @@
+"""The pipeline's report: ``report.md``, ``metrics.json`` and PNG plots in its output directory.
+
+It reads what the stages left: their records (time, storage), their trainers' logs (``trainer_state.json``: the
+loss curves) and their evaluations (``eval/metrics.json``), and puts each metric after each stage next to the
+teacher's (an ``eval`` stage of the teacher is the reference line).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..cache.format import atomic_write
+from .runner import PlannedStage
+
+HEADLINE = ("fidelity/kl", "fidelity/top1_agreement", "generation/rouge_l", "generation/exact_match")
+
+
+def _loss_curves(stage: PlannedStage) -> dict[str, list]:
+    state = stage.directory / "model" / "trainer_state.json"
+    if not state.is_file():
+        return {}
+    history = json.loads(state.read_text()).get("log_history", [])
+    curves: dict[str, list] = {}
+    for entry in history:
+        for key in ("loss", "kd_loss", "ce_loss", "eval_loss"):
+            if key in entry and "step" in entry:
+                curves.setdefault(key, []).append((entry["step"], entry[key]))
+    return curves
+
+
+def _evaluation(stage: PlannedStage) -> dict | None:
+    path = stage.directory / "eval" / "metrics.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return {k: v for k, v in data.items() if isinstance(v, int | float)}
+
+
+def _model_label(stage: PlannedStage, stages: list[PlannedStage], models: dict) -> str:
+    """What an eval stage evaluated: a model of `models` by name, or the stage whose output it is."""
+    model = str(stage.config.get("model", ""))
+    for name, value in models.items():
+        if model == str(value):
+            return name
+    for other in stages:
+        if model.startswith(str(other.directory)):
+            return other.spec.name
+    return model
+
+
+def collect(stages: list[PlannedStage], models: dict) -> dict:
+    """Everything the report shows, as one JSON-ready dict."""
+    out = {"stages": [], "evaluations": [], "loss_curves": {}}
+    for stage in stages:
+        record = stage.record or {}
+        out["stages"].append({
+            "stage": stage.spec.dir_name, "kind": stage.spec.kind, "round": stage.spec.round,
+            "status": "done" if stage.record else "not done", "seconds": record.get("seconds"),
+            "storage_bytes": record.get("storage_bytes"), "artifact_hash": record.get("artifact_hash"),
+        })  # fmt: skip
+        curves = _loss_curves(stage)
+        if curves:
+            out["loss_curves"][stage.spec.dir_name] = curves
+        metrics = _evaluation(stage)
+        if metrics is not None:
+            label = _model_label(stage, stages, models)
+            out["evaluations"].append({"stage": stage.spec.dir_name, "model": label, "metrics": metrics})
+    teacher = [e for e in out["evaluations"] if e["model"] == "teacher"]
+    out["teacher"] = teacher[-1]["metrics"] if teacher else None
+    return out
+
+
+def _plots(data: dict, output_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if data["loss_curves"]:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for stage, curves in data["loss_curves"].items():
+            key = "loss" if "loss" in curves else next(iter(curves))
+            steps, values = zip(*curves[key])
+            ax.plot(steps, values, marker=".", label=f"{stage} ({key})")
+        ax.set(xlabel="optimizer step", ylabel="training loss", title="Loss per training stage")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(output_dir / "loss_curves.png", dpi=110)
+        plt.close(fig)
+        written.append("loss_curves.png")
+    students = [e for e in data["evaluations"] if e["model"] != "teacher"]
+    names = [m for m in HEADLINE if any(m in e["metrics"] for e in data["evaluations"])]
+    if students and names:
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8), squeeze=False)
+        for ax, metric in zip(axes[0], names):
+            points = [(e["stage"], e["metrics"][metric]) for e in students if metric in e["metrics"]]
+            ax.plot(range(len(points)), [v for _, v in points], marker="o", label="student")
+            ax.set_xticks(range(len(points)), [s for s, _ in points], rotation=40, ha="right", fontsize=7)
+            if data["teacher"] and metric in data["teacher"]:
+                ax.axhline(data["teacher"][metric], color="gray", linestyle="--", label="teacher")
+            ax.set_title(metric, fontsize=9)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(output_dir / "metrics.png", dpi=110)
+        plt.close(fig)
+        written.append("metrics.png")
+    done = [s for s in data["stages"] if s["seconds"] is not None]
+    if done:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.35 * len(done) + 1.5))
+        labels = [s["stage"] for s in done]
+        left.barh(labels, [s["seconds"] for s in done])
+        left.set(xlabel="seconds", title="Time per stage")
+        right.barh(labels, [s["storage_bytes"] / 1e6 for s in done])
+        right.set(xlabel="MB", title="Storage per stage")
+        for ax in (left, right):
+            ax.invert_yaxis()
+            ax.tick_params(axis="y", labelsize=7)
+        fig.tight_layout()
+        fig.savefig(output_dir / "resources.png", dpi=110)
+        plt.close(fig)
+        written.append("resources.png")
+    return written
+
+
+def _markdown(data: dict, plots: list[str], source: str | None) -> str:
+    lines = [f"# Pipeline report{f': `{source}`' if source else ''}", ""]
+    lines += [
+        "## Stages",
+        "",
+        "| stage | kind | status | time (s) | storage (MB) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in data["stages"]:
+        seconds = f"{s['seconds']:.1f}" if s["seconds"] is not None else "-"
+        storage = f"{s['storage_bytes'] / 1e6:.1f}" if s["storage_bytes"] is not None else "-"
+        lines.append(f"| {s['stage']} | {s['kind']} | {s['status']} | {seconds} | {storage} |")
+    total = sum(s["seconds"] or 0 for s in data["stages"])
+    lines += ["", f"Total time of the stages: {total:.1f} s.", ""]
+    if data["evaluations"]:
+        metrics = [m for m in HEADLINE if any(m in e["metrics"] for e in data["evaluations"])]
+        metrics += sorted({m for e in data["evaluations"] for m in e["metrics"]} - set(metrics) - _BOOKKEEPING)
+        lines += ["## Evaluations", "", "Each row is one `eval` stage; `teacher` rows are the reference.", ""]
+        lines += ["| stage | model | " + " | ".join(metrics) + " |", "| --- | --- |" + " --- |" * len(metrics)]
+        for e in data["evaluations"]:
+            cells = [_fmt(e["metrics"].get(m)) for m in metrics]
+            lines.append(f"| {e['stage']} | {e['model']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for plot in plots:
+        lines += [f"![{plot}]({plot})", ""]
+    return "\n".join(lines)
+
+
+_BOOKKEEPING = {"fidelity/num_positions", "fidelity/num_samples", "generation/num_examples"}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_report(stages: list[PlannedStage], output_dir: Path, models: dict, source: str | None = None) -> dict:
+    """Write ``report.md``, ``metrics.json`` and the plots; returns what ``metrics.json`` holds."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    data = collect(stages, models)
+    plots = _plots(data, output_dir)
+    data["plots"] = plots
+    atomic_write(output_dir / "metrics.json", json.dumps(data, indent=2).encode())
+    atomic_write(output_dir / "report.md", _markdown(data, plots, source).encode())
+    return data
