@@ -121,6 +121,12 @@ def test_answers_match_against_a_reference_or_a_ground_truth():
     assert not answers_match("Answer: 18.", "#### 19")
     assert not answers_match("no answer", "19", extract_reference=False)
     assert not answers_match("Answer: Paris", "Paris, France", extract_reference=False)
+    # a word answer said in a sentence, as a small chat model says it
+    assert answers_match("The capital of France is Paris.", "Paris", extract_reference=False)
+    assert answers_match("The opposite of hot is cold.", "cold", extract_reference=False)
+    assert not answers_match("It is colder than that.", "cold", extract_reference=False)  # whole words only
+    assert not answers_match("Paris is lovely. Answer: Lyon", "Paris", extract_reference=False)
+    assert not answers_match("12 + 7 = 19, so Answer: 20", "19", extract_reference=False)  # numbers: final only
 
 
 # ------------------------------------------------------------------------------------------------------ metrics
@@ -223,13 +229,14 @@ def test_generation_metrics_against_references_and_per_kind(tokenizer, teacher, 
 
 
 def test_generation_exact_match_against_a_target_column(tokenizer, teacher, monkeypatch):
-    rows = [dict(r, target=t) for r, t in zip(generation_rows(), ["5", "9", "hello friend"])]
+    base = generation_rows()
+    rows = [dict(r, target=t) for r, t in zip(base + base[:1], ["5", "9", "hello friend", ""])]
     monkeypatch.setattr(
         "trl_edge.evaluation.generation.greedy_generate",
-        lambda *a, **k: (["Answer: 5.", "It is 9.", "hello friend"], [False] * 3),
+        lambda *a, **k: (["Answer: 5.", "It is 8.", "well, hello friend", "anything"], [False] * 4),
     )
     result = evaluate_generation(teacher, tokenizer, Dataset.from_list(rows), kind_column=None)
-    # targets win over the references' answers; "hello friend" has no extractable answer: no match
+    # targets win over the references' answers; a word answer counts when said; an empty target is left out
     assert result["generation/exact_match"] == pytest.approx(2 / 3)
     assert not any("kind=" in key for key in result)
 

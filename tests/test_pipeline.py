@@ -247,7 +247,8 @@ def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts):
 
     # 4. One stage's settings change: that stage and the ones after it rerun, nothing before.
     changed = write(tmp_path, two_rounds(tmp_path / "full", models, prompts, kd_learning_rate=1e-3), "changed.yaml")
-    plan = plan_lines(run(changed, "--dry_run"))
+    out = run(changed, "--dry_run")
+    plan = plan_lines(out)
     assert [s for s, action in plan.items() if action != "SKIP"] == ["04-kd-r1", "05-rollout-r2", "06-cache-r2",
                                                                      "07-kd-r2", "08-eval"]  # fmt: skip
-    assert "learning_rate: 0.003 -> 0.001" in run(changed, "--dry_run")
+    assert "learning_rate: 0.003 -> 0.001" in out

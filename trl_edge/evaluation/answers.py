@@ -68,12 +68,33 @@ def normalize_answer(answer: str | None) -> str:
     return repr(value)
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def answers_match(prediction: str, reference: str, extract_reference: bool = True) -> bool:
     """Whether the prediction's final answer equals the reference's (``extract_reference=False``: ``reference`` is
-    the ground-truth answer itself, e.g. a ``target`` column, and is only normalised)."""
+    the ground-truth answer itself, e.g. a ``target`` column, and is only normalised).
+
+    A short word answer given as ground truth ("Paris", "cold") also matches a prediction that says it in a sentence
+    without an ``Answer:`` line ("The capital of France is Paris."): the truth as a whole phrase in the prediction.
+    Numbers always compare as final answers (a "19" inside "12 + 7 = 19 ... Answer: 20" is not a match).
+    """
     predicted = extract_answer(prediction)
     truth = extract_answer(reference) if extract_reference else reference
-    if predicted is None or truth is None:
+    if truth is None:
         return False
     truth = normalize_answer(truth)
-    return truth != "" and normalize_answer(predicted) == truth
+    if truth == "":
+        return False
+    if predicted is not None and normalize_answer(predicted) == truth:
+        return True
+    if extract_reference or _is_number(truth) or prediction is None:
+        return False
+    if predicted is not None and _ANSWER.search(prediction):
+        return False  # an explicit final answer that is another one
+    return re.search(rf"(?<![\w]){re.escape(truth)}(?![\w])", prediction.lower()) is not None

@@ -129,6 +129,8 @@ def _truth_text(value) -> str:
 
 
 def _mean(values) -> float:
+    """The mean of the values that apply (``None``: a row with no ground truth, left out of exact match)."""
+    values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else math.nan
 
 
@@ -190,14 +192,14 @@ def evaluate_generation(
     references = [message_text(r) for r in dataset[reference_column]] if reference_column else None
     # exact match: against the ground truth as it is, or against the answer extracted from the reference
     truths = [_truth_text(t) for t in dataset[target_column]] if target_column else references
-    scores = {
-        "exact_match": load_metric("answer_exact_match").compute(
-            predictions=predictions,
-            references=truths,
-            extract_references=target_column is None,
-            use_aggregator=False,
-        )["exact_match"]
-    }
+    exact = load_metric("answer_exact_match").compute(
+        predictions=predictions,
+        references=truths,
+        extract_references=target_column is None,
+        use_aggregator=False,
+    )["exact_match"]
+    # A row with an empty ground truth (an open question) is not wrong: it has nothing to match, so it is left out
+    scores = {"exact_match": [None if target_column and not str(t).strip() else v for v, t in zip(exact, truths)]}
     if references is not None:
         scores["rouge_l"] = load_metric("rouge_l").compute(
             predictions=predictions, references=references, use_aggregator=False

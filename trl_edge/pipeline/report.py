@@ -139,14 +139,16 @@ def _markdown(data: dict, plots: list[str], source: str | None) -> str:
     total = sum(s["seconds"] or 0 for s in data["stages"])
     lines += ["", f"Total time of the stages: {total:.1f} s.", ""]
     if data["evaluations"]:
-        metrics = [m for m in HEADLINE if any(m in e["metrics"] for e in data["evaluations"])]
-        metrics += sorted({m for e in data["evaluations"] for m in e["metrics"]} - set(metrics) - _BOOKKEEPING)
+        overall = sorted({m for e in data["evaluations"] for m in e["metrics"] if "/kind=" not in m} - _BOOKKEEPING)
+        metrics = [m for m in HEADLINE if m in overall] + [m for m in overall if m not in HEADLINE]
         lines += ["## Evaluations", "", "Each row is one `eval` stage; `teacher` rows are the reference.", ""]
-        lines += ["| stage | model | " + " | ".join(metrics) + " |", "| --- | --- |" + " --- |" * len(metrics)]
-        for e in data["evaluations"]:
-            cells = [_fmt(e["metrics"].get(m)) for m in metrics]
-            lines.append(f"| {e['stage']} | {e['model']} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += _table(data["evaluations"], metrics)
+        for metric in ("generation/exact_match", "generation/rouge_l"):
+            kinds = sorted({m.split("/kind=", 1)[1] for e in data["evaluations"] for m in e["metrics"]
+                            if m.startswith(f"{metric}/kind=")})  # fmt: skip
+            if kinds:
+                lines += [f"### `{metric}` by kind of prompt", ""]
+                lines += _table(data["evaluations"], [f"{metric}/kind={k}" for k in kinds], [f"`{k}`" for k in kinds])
     for plot in plots:
         lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
@@ -155,8 +157,16 @@ def _markdown(data: dict, plots: list[str], source: str | None) -> str:
 _BOOKKEEPING = {"fidelity/num_positions", "fidelity/num_samples", "generation/num_examples"}
 
 
+def _table(evaluations: list[dict], metrics: list[str], headers: list[str] | None = None) -> list[str]:
+    lines = ["| stage | model | " + " | ".join(headers or metrics) + " |", "| --- | --- |" + " --- |" * len(metrics)]
+    for e in evaluations:
+        cells = [_fmt(e["metrics"].get(m)) for m in metrics]
+        lines.append(f"| {e['stage']} | {e['model']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _fmt(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and value != value):  # missing, or NaN (nothing to measure)
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 

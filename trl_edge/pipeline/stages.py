@@ -17,7 +17,7 @@ from .config import PipelineError
 
 @dataclass(frozen=True)
 class StageKind:
-    command: str  # the `trl-edge` subcommand
+    command: str  # the `trl-edge` subcommand (its script module, for the stages run under accelerate launch)
     artifact: str  # the stage's main artifact, inside its directory
     model_key: str | None  # the config key naming the model the stage loads (None: the stage takes no model)
     dataset_key: str | None  # the config key naming its data
@@ -39,14 +39,22 @@ class StageKind:
         return config
 
     def argv(self, config_path: Path, config: dict, accelerate_config: str | None) -> list[str]:
-        """The command line that runs the stage in its own process."""
+        """The command line that runs the stage in its own process.
+
+        A launched stage goes straight to ``accelerate launch -m trl_edge.scripts.NAME`` (the pipeline has already
+        checked its config), so the stage pays for one Python start, not two.
+        """
+        if self.launched:
+            launch = ["--config_file", str(accelerate_config)] if accelerate_config else [
+                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"
+            ]  # fmt: skip
+            module = f"trl_edge.scripts.{SCRIPT_MODULES[self.command]}"
+            return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", module,
+                    "--config", str(config_path)]  # fmt: skip
         base = [sys.executable, "-m", "trl_edge.cli.main", self.command]
         if self.command in ("make-student", "export"):  # plain argparse commands: the config as flags
             return base + _flags(config)
-        argv = base + ["--config", str(config_path)]
-        if self.launched and accelerate_config:
-            argv += ["--accelerate_config", str(accelerate_config)]
-        return argv
+        return base + ["--config", str(config_path)]
 
 
 def _flags(config: dict) -> list[str]:
@@ -62,6 +70,9 @@ def _flags(config: dict) -> list[str]:
             args.extend(str(v) for v in (value if isinstance(value, list) else [value]))
     return args
 
+
+SCRIPT_MODULES = {"sft": "sft", "rollout": "rollout", "teacher-answers": "teacher_answers", "cache": "cache_teacher",
+                  "kd": "kd"}  # fmt: skip
 
 KINDS = {
     "make_student": StageKind("make-student", "model", "teacher", None, launched=False),

@@ -26,6 +26,7 @@ class RolloutArguments:
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
     dataset_split: str = field(default="train", metadata={"help": "Split to sample."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Sample only the first N prompts (quick runs)."})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer name or path (default: the policy's)."})
     num_samples: int = field(default=1, metadata={"help": "Samples per prompt."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0: greedy)."})
@@ -68,8 +69,11 @@ def main(args: RolloutArguments):
     tokenizer = load_tokenizer(
         args.tokenizer or args.model_name_or_path, revision=args.revision, trust_remote_code=args.trust_remote_code
     )
+    prompts = dataset[args.dataset_split]
+    if args.max_prompts is not None:
+        prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
     rollouts = generate_rollouts(
-        args.model_name_or_path, tokenizer, dataset[args.dataset_split], args.output_dir,
+        args.model_name_or_path, tokenizer, prompts, args.output_dir,
         num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size, shard_size=args.shard_size,
         backend=args.backend, round=args.round, dtype=args.dtype, revision=args.revision,

@@ -28,6 +28,7 @@ class TeacherAnswersArguments:
         default=None, metadata={"help": "Where the answers' rollout set goes (default: OUTPUT_DIR-rollouts)."}
     )
     dataset_split: str = field(default="train", metadata={"help": "Split of the prompt dataset."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Answer only the first N prompts (quick runs)."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature (0: greedy, the default)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_new_tokens: int = field(default=256, metadata={"help": "Most tokens per answer."})
@@ -75,6 +76,8 @@ def main(args: TeacherAnswersArguments):
     from trl_edge.rollout import generate_rollouts
 
     prompts = load_dataset_dict(args.dataset, split=args.dataset_split)[args.dataset_split]
+    if args.max_prompts is not None:
+        prompts = prompts.select(range(min(args.max_prompts, len(prompts))))
     tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     rollouts = generate_rollouts(
         args.model_name_or_path, tokenizer, prompts, args.rollouts_dir or f"{args.output_dir.rstrip('/')}-rollouts",

@@ -302,7 +302,7 @@ class CurriculumMixin:
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         step = self.state.global_step
-        if self.model.training and "loss" in logs and step > 0:
+        if self.model.training and "loss" in logs and step > 0 and self.args.curriculum_active:
             first = self._curriculum_logged_upto
             if first is None or first >= step:  # first log of this run (or of a resumed one)
                 # the Trainer's own count: `logging_steps` may be a fraction of the run, resolved into the state
