@@ -1,6 +1,6 @@
 """Does our distillation beat plain SFT and TRL's distillation trainers, on a real model, at equal optimizer steps?
 
-    python benchmarks/quality.py                               # every row, defaults below: ~1 h on 2 CPU cores
+    python benchmarks/quality.py                               # every row, defaults below: ~1.2 h on 2 CPU cores
     python benchmarks/quality.py --arms trl_sft ours_recipe    # some rows
     python benchmarks/quality.py --quick                       # few steps and prompts: does it run (~6 min)
 
@@ -56,20 +56,21 @@ def parse_args(argv=None):
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--workdir", default=str(Path.home() / ".cache/trl-edge/quality"))
     p.add_argument("--student_layers", type=int, default=14)
-    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--steps", type=int, default=80)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=1e-4)
-    p.add_argument("--max_new_tokens", type=int, default=48, help="teacher answers, rollouts, evaluation")
+    p.add_argument("--max_new_tokens", type=int, default=40, help="teacher answers, rollouts, evaluation")
     p.add_argument("--max_length", type=int, default=160)
     p.add_argument("--top_k", type=int, default=64)
     p.add_argument("--train_prompts", type=int, default=None, help="first N training prompts (default: all)")
     p.add_argument("--heldout_prompts", type=int, default=None)
     # ours_recipe
-    p.add_argument("--sft_steps", type=int, default=60, help="curriculum SFT steps before the KD rounds")
+    p.add_argument("--sft_steps", type=int, default=40, help="curriculum SFT steps before the KD rounds")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rollout_temperature", type=float, default=0.7)
     p.add_argument("--rollout_top_p", type=float, default=0.9)
     p.add_argument("--rollout_samples", type=int, default=1)
+    p.add_argument("--rollout_prompts", type=int, default=96, help="training prompts the student samples per round")
     p.add_argument("--answer_share", type=float, default=0.5, help="share of teacher answers in each KD round")
     p.add_argument("--kd_weight", type=float, default=0.5)
     p.add_argument("--kd_learning_rate", type=float, default=None, help="default: --learning_rate")
@@ -253,7 +254,8 @@ def _recipe(args, made, out, divergence):
         steps = per_round if r < args.rounds else args.steps - args.sft_steps - per_round * (args.rounds - 1)
         start = time.perf_counter()
         rollouts = generate_rollouts(
-            model, made["tokenizer"], prompts("train", args.train_prompts), out / f"rollouts-{r}",
+            model, made["tokenizer"], prompts("train", min(args.train_prompts or 10**9, args.rollout_prompts)),
+            out / f"rollouts-{r}",
             num_samples=args.rollout_samples, temperature=args.rollout_temperature, top_p=args.rollout_top_p,
             max_new_tokens=args.max_new_tokens, seed=args.seed + r, round=r, batch_size=16, use_cpu=True,
         )  # fmt: skip

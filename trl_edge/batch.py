@@ -1,7 +1,8 @@
 """Right-padded batches of variable-length token sequences, and the id they are padded with.
 
-Every batch trl-edge builds itself (teacher scoring, difficulty scoring, cache collation, rollouts' scoring) pads
-on the right the same way; generation pads on the left (see ``rollout``).
+Every batch trl-edge scores (teacher scoring, difficulty scoring, cache collation) pads on the right the same way;
+every batch it generates from (rollouts, evaluation) pads on the left, so that every prompt ends where the new
+tokens start.
 """
 
 from __future__ import annotations
@@ -35,4 +36,19 @@ def right_pad(
         n = len(seq)
         padded[row, :n] = torch.as_tensor(np.asarray(seq), dtype=dtype)
         mask[row, :n] = 1
+    return padded, mask
+
+
+def left_pad(
+    sequences: Sequence, pad_value: int = 0, dtype: torch.dtype = torch.long
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(padded [B, W], attention_mask [B, W])`` with each sequence at the end of its row, where generation starts."""
+    width = max((len(s) for s in sequences), default=0)
+    padded = torch.full((len(sequences), width), pad_value, dtype=dtype)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        if n:
+            padded[row, width - n :] = torch.as_tensor(np.asarray(seq), dtype=dtype)
+            mask[row, width - n :] = 1
     return padded, mask

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from tqdm.auto import tqdm
 
 from .backends import check_backend
 from .batch import pad_token_id
-from .cache.format import atomic_write, file_sha256, sample_id, tokenizer_fingerprint
+from .cache.format import tokenizer_fingerprint
 from .data_columns import passthrough_columns, read_table, table_bytes
 from .devices import partial_state
 from .model_loading import load_causal_lm, model_name
+from .sealed_files import atomic_write, file_sha256, is_sealed, prepare_output
 
 METADATA_FILE = "rollouts.json"
 ROLLOUT_FORMAT_VERSION = 1
@@ -240,7 +240,10 @@ def generate_rollouts(
         sampling=asdict(sampling), round=round, backend=backend, columns=columns,
         trl_edge_version=trl_edge.__version__,
     )  # fmt: skip
-    _prepare_output(directory, meta, overwrite, state.is_main_process)
+    prepare_output(
+        directory, METADATA_FILE, meta.settings(), _settings_in, json.dumps(asdict(meta), indent=2, sort_keys=True)
+        .encode(), overwrite=overwrite, is_main=state.is_main_process, error=RolloutError, what="rollouts",
+    )  # fmt: skip
     state.wait_for_everyone()
 
     kept = {c: dataset[c] for c in columns}
@@ -319,34 +322,12 @@ def _write_shard(directory: Path, index: int, start: int, prompts, samples, kept
     atomic_write(directory / seal_file(index), json.dumps(seal, indent=2).encode())
 
 
-def _is_sealed(directory: Path, index: int) -> bool:
-    seal, shard = directory / seal_file(index), directory / shard_file(index)
-    if not (seal.is_file() and shard.is_file()):
-        return False
-    try:
-        info = json.loads(seal.read_text())
-        return info["size"] == shard.stat().st_size and info["sha256"] == file_sha256(shard)
-    except (json.JSONDecodeError, KeyError):
-        return False
+def _is_sealed(directory: Path, index: int, warn: bool = True) -> bool:
+    return is_sealed(directory / seal_file(index), {"sha256": directory / shard_file(index)}, warn=warn)
 
 
-def _prepare_output(directory: Path, meta: RolloutMetadata, overwrite: bool, is_main: bool) -> None:
-    path = directory / METADATA_FILE
-    if path.is_file() and not overwrite:
-        old = RolloutMetadata(**json.loads(path.read_text())).settings()
-        diff = {k: (old.get(k), v) for k, v in meta.settings().items() if old.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise RolloutError(
-                f"{directory} already holds rollouts made with other settings ({changes}). Use another output_dir, "
-                "or pass overwrite=True (`--overwrite`) to start again."
-            )
-        return
-    if is_main:
-        if path.is_file() and overwrite:
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(asdict(meta), indent=2, sort_keys=True).encode())
+def _settings_in(directory: Path) -> dict:
+    return RolloutMetadata(**json.loads((directory / METADATA_FILE).read_text())).settings()
 
 
 class RolloutSet:
@@ -360,7 +341,7 @@ class RolloutSet:
             raise RolloutError(f"{self.path} is not a rollout set: it has no {METADATA_FILE}. Make one with "
                                "`trl-edge rollout` or `trl_edge.generate_rollouts`.")  # fmt: skip
         self.metadata = RolloutMetadata(**json.loads(meta_path.read_text()))
-        missing = [shard_file(i) for i in range(self.metadata.num_shards) if not _is_sealed(self.path, i)]
+        missing = [shard_file(i) for i in range(self.metadata.num_shards) if not _is_sealed(self.path, i, warn=False)]
         if missing:
             raise RolloutError(
                 f"The rollout set at {self.path} is incomplete or corrupted: {', '.join(missing[:5])} "
@@ -399,11 +380,10 @@ class RolloutSet:
         seqs = [np.asarray(p + c, dtype=np.int32) for p, c in zip(prompts, completions)]
         labs = [np.asarray([-100] * len(p) + c, dtype=np.int32) for p, c in zip(prompts, completions)]
         keep = ["prompt_index", "sample_index", "finish_reason", *self.metadata.columns]
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
-        sample_ids = np.stack([np.frombuffer(sample_id(s, lab), dtype=np.uint8) for s, lab in zip(seqs, labs)])
-        return ScoringPlan(
-            input_ids=np.concatenate(seqs), labels=np.concatenate(labs), offsets=offsets, sample_ids=sample_ids,
-            columns={c: ds[c] for c in keep}, source=self.metadata.provenance(), tokenization={"rollouts": True},
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
+        return ScoringPlan.from_arrays(
+            np.concatenate(seqs), np.concatenate(labs), offsets, {c: ds[c] for c in keep},
+            source=self.metadata.provenance(), tokenization={"rollouts": True},
         )  # fmt: skip
 
     def __repr__(self) -> str:

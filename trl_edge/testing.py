@@ -120,6 +120,23 @@ def arithmetic_examples(n: int, seed: int = 0, max_digits: int = 4, fmt: str = "
     return rows
 
 
+def exit_after(module, name: str, calls: int, code: int = 17) -> None:
+    """Make ``module.name`` end the process abruptly (no cleanup, like a killed job) after ``calls`` calls: how the
+    tests interrupt a writer after N sealed shards and check that a rerun resumes to the uninterrupted result."""
+    import os
+
+    original, done = getattr(module, name), []
+
+    def call_then_maybe_exit(*args, **kwargs):
+        result = original(*args, **kwargs)
+        done.append(1)
+        if len(done) >= calls:
+            os._exit(code)
+        return result
+
+    setattr(module, name, call_then_maybe_exit)
+
+
 def save_tiny_checkpoint(output_dir: str, arch: str = "llama", hidden_size: int = 64, num_layers: int = 2) -> str:
     """Save a tiny model and its tokenizer where ``from_pretrained(output_dir)`` finds them."""
     tokenizer = build_tokenizer()

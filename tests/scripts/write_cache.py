@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from datasets import Dataset  # noqa: E402
 
 from trl_edge.cache import writer  # noqa: E402
-from trl_edge.testing import arithmetic_examples, build_tiny_model, build_tokenizer  # noqa: E402
+from trl_edge.testing import arithmetic_examples, build_tiny_model, build_tokenizer, exit_after  # noqa: E402
 
 
 def build_inputs():
@@ -25,15 +25,7 @@ def main():
     parser.add_argument("--kill-after", type=int, default=None)
     args = parser.parse_args()
     if args.kill_after is not None:
-        original, written = writer._write_shard, []
-
-        def write_then_maybe_die(*a, **kw):
-            original(*a, **kw)
-            written.append(1)
-            if len(written) >= args.kill_after:
-                os._exit(17)  # no cleanup, like a killed job
-
-        writer._write_shard = write_then_maybe_die
+        exit_after(writer, "_write_shard", args.kill_after)
     model, tokenizer, dataset = build_inputs()
     writer.cache_teacher_logits(model, tokenizer, dataset, args.out, top_k=16, shard_size=4, batch_size=3)
 

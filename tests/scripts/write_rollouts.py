@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from datasets import Dataset  # noqa: E402
 
 from trl_edge import rollout  # noqa: E402
-from trl_edge.testing import arithmetic_examples, build_tiny_model, build_tokenizer  # noqa: E402
+from trl_edge.testing import arithmetic_examples, build_tiny_model, build_tokenizer, exit_after  # noqa: E402
 
 
 def build_inputs():
@@ -26,15 +26,7 @@ def main():
     parser.add_argument("--kill-after", type=int, default=None)
     args = parser.parse_args()
     if args.kill_after is not None:
-        original, written = rollout._write_shard, []
-
-        def write_then_maybe_die(*a, **kw):
-            original(*a, **kw)
-            written.append(1)
-            if len(written) >= args.kill_after:
-                os._exit(17)  # no cleanup, like a killed job
-
-        rollout._write_shard = write_then_maybe_die
+        exit_after(rollout, "_write_shard", args.kill_after)
     model, tokenizer, dataset = build_inputs()
     rollout.generate_rollouts(
         model, tokenizer, dataset, args.out, num_samples=2, max_new_tokens=8, shard_size=3, batch_size=2, seed=5

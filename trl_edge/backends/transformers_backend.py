@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..batch import right_pad
+from ..batch import left_pad, right_pad
 from ..cache.format import scored_positions
 from ..model_loading import input_device
 
@@ -199,12 +199,8 @@ def sample_completions(model, prompts: list[list[int]], *, num_samples: int, tem
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = input_device(model)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):  # left padding: every prompt ends where generation starts
-        input_ids[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
-        attention_mask[row, width - len(prompt) :] = 1
+    input_ids, attention_mask = left_pad(prompts, pad_token_id)
+    width = input_ids.shape[1]
     greedy = temperature == 0
     distribution = _SamplingDistribution(1.0 if greedy else temperature, None if greedy else top_k,
                                          1.0 if greedy else top_p)  # fmt: skip

@@ -37,12 +37,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..sealed_files import atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
 
 FORMAT_VERSION = 2  # 2: crc32 covers sample_ids; content fingerprint; columns; head size
 METADATA_FILE = "metadata.json"
@@ -173,32 +174,3 @@ def sample_crc(*parts: np.ndarray) -> int:
 def scored_positions(labels: np.ndarray) -> np.ndarray:
     """Positions ``t`` whose next token carries loss: where the teacher's distribution is kept."""
     return np.flatnonzero(np.asarray(labels)[1:] != -100)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees either nothing or all of it, even if the writer is killed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from ..batch import pad_token_id
 from ..data_columns import passthrough_columns, ragged_column, table_bytes
 from ..devices import partial_state
 from ..model_loading import load_causal_lm, model_name
+from ..sealed_files import is_sealed, prepare_output
 from .encoding import get_encoding
 from .format import (
     METADATA_FILE,
@@ -40,7 +40,6 @@ from .format import (
     atomic_write,
     columns_name,
     content_fingerprint,
-    file_sha256,
     sample_crc,
     sample_id,
     seal_name,
@@ -82,14 +81,18 @@ class ScoringPlan:
         labels, label_offsets = ragged_column(prepared, "labels")
         if not np.array_equal(offsets, label_offsets):
             raise ValueError("`input_ids` and `labels` differ in length in some rows: they must align token by token.")
-        ids, labels = ids.astype(np.int32), labels.astype(np.int32)
+        columns = passthrough_columns(prepared) if columns is None else columns
+        return cls.from_arrays(ids, labels, offsets, {name: prepared[name] for name in columns}, **info)
+
+    @classmethod
+    def from_arrays(cls, input_ids, labels, offsets, columns: dict, **info) -> ScoringPlan:
+        """From concatenated ids and labels cut by ``offsets``; each sample's content id computed here."""
+        input_ids, labels = np.asarray(input_ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
         sample_ids = np.zeros((len(offsets) - 1, 16), dtype=np.uint8)
         for i in range(len(offsets) - 1):
             a, b = offsets[i], offsets[i + 1]
-            sample_ids[i] = np.frombuffer(sample_id(ids[a:b], labels[a:b]), dtype=np.uint8)
-        columns = passthrough_columns(prepared) if columns is None else columns
-        kept = {name: prepared[name] for name in columns}
-        return cls(ids, labels, offsets, sample_ids, kept, **info)
+            sample_ids[i] = np.frombuffer(sample_id(input_ids[a:b], labels[a:b]), dtype=np.uint8)
+        return cls(input_ids, labels, np.asarray(offsets, dtype=np.int64), sample_ids, columns, **info)
 
 
 def plan_from_dataset(dataset, processing_class, tokenization: SFTTokenization | None = None) -> ScoringPlan:
@@ -124,41 +127,11 @@ def _cache_vocabulary(tokenizer, head_size: int, teacher: str, say) -> int:
 
 
 def _is_sealed(directory: Path, index: int, with_columns: bool) -> bool:
-    """Whether shard ``index`` is complete and sound: its seal exists and its files have the sealed sha256."""
-    seal, shard = directory / seal_name(index), directory / shard_name(index)
-    if not (seal.is_file() and shard.is_file()):
-        return False
-    try:
-        info = json.loads(seal.read_text())
-        sound = info["size"] == shard.stat().st_size and info["sha256"] == file_sha256(shard)
-        if with_columns:
-            extra = directory / columns_name(index)
-            sound = sound and extra.is_file() and info.get("columns_sha256") == file_sha256(extra)
-    except (json.JSONDecodeError, KeyError, TypeError):
-        sound = False
-    if not sound:
-        logger.warning("%s does not match its seal (a partial or corrupted write): rewriting it.", shard)
-    return sound
-
-
-def _prepare_output(directory: Path, meta: CacheMetadata, overwrite: bool, is_main: bool) -> None:
-    existing = directory / METADATA_FILE
-    if existing.is_file() and not overwrite:
-        old = CacheMetadata.load(directory)
-        new_settings, old_settings = meta.settings(), old.settings()
-        diff = {k: (old_settings.get(k), v) for k, v in new_settings.items() if old_settings.get(k) != v}
-        if diff:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-            raise CacheError(
-                f"{directory} already holds a cache made with other settings ({changes}). Use another "
-                "output_dir, or pass overwrite=True (`--overwrite`) to start it again."
-            )
-        return
-    if is_main:
-        if existing.is_file() and overwrite:
-            shutil.rmtree(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / METADATA_FILE, meta.to_json().encode())
+    """Whether shard ``index`` is complete and sound: its files have the sha256 their seal recorded."""
+    files = {"sha256": directory / shard_name(index)}
+    if with_columns:
+        files["columns_sha256"] = directory / columns_name(index)
+    return is_sealed(directory / seal_name(index), files)
 
 
 def cache_teacher_logits(
@@ -269,7 +242,10 @@ def cache_teacher_logits(
         tokenization=plan.tokenization,
         trl_edge_version=trl_edge.__version__,
     )
-    _prepare_output(directory, meta, overwrite, state.is_main_process)
+    prepare_output(
+        directory, METADATA_FILE, meta.settings(), lambda d: CacheMetadata.load(d).settings(), meta.to_json().encode(),
+        overwrite=overwrite, is_main=state.is_main_process, error=CacheError, what="a cache",
+    )  # fmt: skip
     state.wait_for_everyone()
     if not (directory / METADATA_FILE).is_file():
         raise CacheError(f"{directory}/{METADATA_FILE} is missing after set-up: is output_dir on a shared filesystem?")

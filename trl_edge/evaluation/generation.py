@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import torch
 
-from ..batch import pad_token_id
+from ..batch import left_pad, pad_token_id
 from ..model_loading import input_device
 from .answers import extract_answer
 from .metrics import load_metric
@@ -55,18 +55,6 @@ def prompt_ids(tokenizer, prompt) -> list[int]:
     raise TypeError(f"A prompt must be a string or a list of messages, got {type(prompt).__name__}.")
 
 
-def _left_pad(sequences: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids [B, W], attention_mask [B, W])`` with each sequence at the end of its row, as generation needs."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_value, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
-    return ids, mask
-
-
 def _eos_ids(model, tokenizer) -> list[int]:
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
@@ -96,7 +84,7 @@ def greedy_generate(
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            ids, mask = _left_pad([encoded[i] for i in rows], pad)
+            ids, mask = left_pad([encoded[i] for i in rows], pad)
             out = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),

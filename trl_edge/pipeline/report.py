@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..cache.format import atomic_write
+from ..sealed_files import atomic_write
 from .runner import PlannedStage
 
 HEADLINE = ("fidelity/kl", "fidelity/top1_agreement", "generation/rouge_l", "generation/exact_match")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cache.format import atomic_write
+from ..sealed_files import atomic_write
 from .config import MODEL_KINDS, PipelineConfig, PipelineError, StageSpec, parse_reference
 from .stages import KINDS, latest_checkpoint, validate_script_config
 
