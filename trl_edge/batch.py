@@ -34,7 +34,7 @@ def right_pad(
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         n = len(seq)
-        padded[row, :n] = torch.as_tensor(np.asarray(seq), dtype=dtype)
+        padded[row, :n] = torch.as_tensor(np.array(seq), dtype=dtype)  # a copy: memory-mapped rows are read-only
         mask[row, :n] = 1
     return padded, mask
 
@@ -49,6 +49,6 @@ def left_pad(
     for row, seq in enumerate(sequences):
         n = len(seq)
         if n:
-            padded[row, width - n :] = torch.as_tensor(np.asarray(seq), dtype=dtype)
+            padded[row, width - n :] = torch.as_tensor(np.array(seq), dtype=dtype)
             mask[row, width - n :] = 1
     return padded, mask

@@ -12,8 +12,8 @@ import os
 
 import torch
 
+from ..backends.transformers_backend import check_plain_lm_head
 from ..batch import pad_token_id
-from ..cache.format import CacheError
 from ..cache.reader import TeacherLogitCache
 from ..losses import chunked_kd_loss
 from ..model_loading import input_device
@@ -63,18 +63,8 @@ def evaluate_fidelity(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     head = model.get_output_embeddings()
-    if head.weight.shape[0] != cache.metadata.vocab_size:
-        raise CacheError(
-            f"The model's LM head has {head.weight.shape[0]} outputs but the cache at {cache.path} holds "
-            f"distributions over {cache.metadata.vocab_size} tokens (teacher {cache.metadata.teacher}). Fidelity "
-            "needs a student that shares the teacher's vocabulary."
-        )
-    config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        raise ValueError(
-            "Fidelity projects the hidden states through the LM head itself; models with logit soft-capping or "
-            "logit scaling are not supported yet."
-        )
+    cache.check_head_size(head.weight.shape[0])  # a head padded past the cache's vocabulary is fine
+    check_plain_lm_head(model, "Fidelity (it projects the hidden states through the LM head itself)")
     n = len(cache) if max_samples is None else min(len(cache), int(max_samples))
     if n == 0:
         raise ValueError(f"The teacher cache at {cache.path} holds no samples to evaluate on.")
