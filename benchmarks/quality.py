@@ -65,7 +65,13 @@ def parse_args(argv=None):
     p.add_argument("--train_prompts", type=int, default=None, help="first N training prompts (default: all)")
     p.add_argument("--heldout_prompts", type=int, default=None)
     # ours_recipe
-    p.add_argument("--sft_steps", type=int, default=40, help="curriculum SFT steps before the KD rounds")
+    p.add_argument("--sft_steps", type=int, default=40, help="SFT steps before the KD rounds")
+    p.add_argument(
+        "--recipe_sft",
+        choices=["plain", "curriculum"],
+        default="curriculum",
+        help="the SFT before the KD rounds: random order, or curriculum_sft's stages and pacing",
+    )
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rollout_temperature", type=float, default=0.7)
     p.add_argument("--rollout_top_p", type=float, default=0.9)
@@ -77,6 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--no_reference", action="store_true", help="skip the teacher and pruned-student rows")
     p.add_argument("--output_json", default=str(ROOT / "benchmarks/results/quality.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -180,15 +187,15 @@ def arm_trl_sft(args, made, out):
     return model, {"train_s": train(trainer)}
 
 
-def _curriculum_sft(args, made, out, steps, model=None):
+def _curriculum_sft(args, made, out, steps, model=None, curriculum=True):
     from trl_edge import CurriculumSFTConfig, CurriculumSFTTrainer
 
     model = model if model is not None else load_student(made["student"])
+    order = dict(curriculum_stage_column="stage", curriculum_stages=["reasoning", "direct"],
+                 curriculum_difficulty="column", curriculum_pacing="root", curriculum_replay_ratio=0.1)  # fmt: skip
     config = train_args(
-        CurriculumSFTConfig, args, out, steps, curriculum_stage_column="stage",
-        curriculum_stages=["reasoning", "direct"], curriculum_difficulty="column", curriculum_pacing="root",
-        curriculum_replay_ratio=0.1,
-    )  # fmt: skip
+        CurriculumSFTConfig, args, out, steps, **(order if curriculum else {"curriculum_pacing": "none"})
+    )
     trainer = CurriculumSFTTrainer(model, config, train_dataset=made["train_answers"],
                                    processing_class=made["tokenizer"])  # fmt: skip
     return model, train(trainer)
@@ -247,7 +254,9 @@ def arm_ours_offline(args, made, out):
 def _recipe(args, made, out, divergence):
     from trl_edge import cache_teacher_logits, generate_rollouts
 
-    model, train_s = _curriculum_sft(args, made, out / "sft", args.sft_steps)
+    model, train_s = _curriculum_sft(
+        args, made, out / "sft", args.sft_steps, curriculum=args.recipe_sft == "curriculum"
+    )
     other_s = 0.0
     per_round = (args.steps - args.sft_steps) // args.rounds
     for r in range(1, args.rounds + 1):
@@ -326,12 +335,12 @@ def main(argv=None) -> dict:
     made = setup(args)
     log(f"setup: {made['setup_s']}")
     previous = json.loads(Path(args.output_json).read_text()) if Path(args.output_json).is_file() else {}
-    results = {"config": {k: v for k, v in vars(args).items() if k not in ("arms", "output_json")},
+    results = {"config": {k: v for k, v in vars(args).items() if k not in ("arms", "output_json", "no_reference")},
                "heldout": len(made["heldout_answers"]), "setup_s": made["setup_s"], "rows": {}}  # fmt: skip
     if previous.get("config") == results["config"]:  # same settings: keep the rows not rerun this time
         results["rows"] = previous.get("rows", {})
     for name, path in (("teacher", made["teacher"]), ("pruned student", made["student"])):
-        if name not in results["rows"]:
+        if name not in results["rows"] and not args.no_reference:
             results["rows"][name] = {"metrics": evaluate(load_student(path), made, args)}
     for arm in args.arms:
         out = Path(args.workdir) / "runs" / arm
