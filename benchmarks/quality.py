@@ -78,7 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--rollout_samples", type=int, default=1)
     p.add_argument("--rollout_prompts", type=int, default=96, help="training prompts the student samples per round")
     p.add_argument("--answer_share", type=float, default=0.5, help="share of teacher answers in each KD round")
-    p.add_argument("--kd_weight", type=float, default=0.5)
+    p.add_argument("--kd_weight", type=float, default=0.5, help="KD share of the loss in the recipe's KD rounds")
+    p.add_argument("--offline_kd_weight", type=float, default=0.9, help="KD share of the loss in ours_offline")
+    p.add_argument("--kd_temperature", type=float, default=1.0, help="distillation temperature of our KD rows")
     p.add_argument("--kd_learning_rate", type=float, default=None, help="default: --learning_rate")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -239,7 +241,7 @@ def _kd(args, made, out, steps, caches, weights=None, divergence="forward_kl", m
     model = model if model is not None else load_student(made["student"])
     config = train_args(
         OfflineOnPolicyKDConfig, args, out, steps, kd_weight=args.kd_weight if kd_weight is None else kd_weight,
-        divergence=divergence, teacher_cache_weights=weights,
+        divergence=divergence, teacher_cache_weights=weights, temperature=args.kd_temperature,
         learning_rate=args.kd_learning_rate or args.learning_rate,
     )  # fmt: skip
     trainer = OfflineOnPolicyKDTrainer(model, config, train_dataset=caches, processing_class=made["tokenizer"])
@@ -247,7 +249,7 @@ def _kd(args, made, out, steps, caches, weights=None, divergence="forward_kl", m
 
 
 def arm_ours_offline(args, made, out):
-    model, seconds = _kd(args, made, out, args.steps, [made["train_cache"]], kd_weight=0.9)
+    model, seconds = _kd(args, made, out, args.steps, [made["train_cache"]], kd_weight=args.offline_kd_weight)
     return model, {"train_s": seconds}
 
 
