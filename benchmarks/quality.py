@@ -290,19 +290,26 @@ def arm_ours_recipe_reverse(args, made, out):
 
 
 # ------------------------------------------------------------------------------------------------------------ eval
-def evaluate(model, made, args) -> dict:
+def evaluate(model, made, args, out: Path | None = None) -> dict:
     from trl_edge import evaluate_fidelity, evaluate_generation
 
     fidelity = evaluate_fidelity(model, made["heldout_cache"], 16, tokenizer=made["tokenizer"], chunk_size=512)
     answers = made["heldout_answers"]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     generation = evaluate_generation(model, made["tokenizer"], answers, max_new_tokens=args.max_new_tokens,
-                                     batch_size=16, reference_column="completion")  # fmt: skip
+                                     batch_size=16, reference_column="completion",
+                                     predictions_file=None if out is None else out / "predictions.jsonl")  # fmt: skip
     with_truth = answers.filter(lambda r: bool(r["target"]))
     truth = evaluate_generation(model, made["tokenizer"], with_truth, max_new_tokens=args.max_new_tokens,
                                 batch_size=16, reference_column="completion", target_column="target")  # fmt: skip
     return {
         "kl": fidelity["fidelity/kl"], "top1": fidelity["fidelity/top1_agreement"],
         "rouge_l": generation["generation/rouge_l"], "accuracy": truth["generation/exact_match"],
+        "hit_max_new_tokens": generation["generation/hit_max_new_tokens"],
+        "rouge_l_by_kind": {
+            k.split("=", 1)[1]: v for k, v in generation.items() if k.startswith("generation/rouge_l/kind=")
+        },
         "accuracy_by_kind": {
             k.split("=", 1)[1]: v for k, v in truth.items() if k.startswith("generation/exact_match/kind=")
         },
@@ -351,7 +358,7 @@ def main(argv=None) -> dict:
         start = time.perf_counter()
         model, times = globals()[f"arm_{arm}"](args, made, out)
         wall = time.perf_counter() - start
-        results["rows"][arm] = {"metrics": evaluate(model, made, args), "wall_s": wall, **times}
+        results["rows"][arm] = {"metrics": evaluate(model, made, args, out), "wall_s": wall, **times}
         log(f"{arm}: {results['rows'][arm]['metrics']} in {wall:.0f} s")
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(results, indent=2))
