@@ -80,6 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--answer_share", type=float, default=0.5, help="share of teacher answers in each KD round")
     p.add_argument("--kd_weight", type=float, default=0.5, help="KD share of the loss in the recipe's KD rounds")
     p.add_argument("--offline_kd_weight", type=float, default=0.9, help="KD share of the loss in ours_offline")
+    p.add_argument("--offline_divergence", default="forward_kl", help="divergence of ours_offline")
     p.add_argument("--kd_temperature", type=float, default=1.0, help="distillation temperature of our KD rows")
     p.add_argument("--kd_learning_rate", type=float, default=None, help="default: --learning_rate")
     p.add_argument("--threads", type=int, default=2)
@@ -249,7 +250,8 @@ def _kd(args, made, out, steps, caches, weights=None, divergence="forward_kl", m
 
 
 def arm_ours_offline(args, made, out):
-    model, seconds = _kd(args, made, out, args.steps, [made["train_cache"]], kd_weight=args.offline_kd_weight)
+    model, seconds = _kd(args, made, out, args.steps, [made["train_cache"]], divergence=args.offline_divergence,
+                     kd_weight=args.offline_kd_weight)  # fmt: skip
     return model, {"train_s": seconds}
 
 
