@@ -1,6 +1,6 @@
 """Does our distillation beat plain SFT and TRL's distillation trainers, on a real model, at equal optimizer steps?
 
-    python benchmarks/quality.py                               # every row, defaults below: ~1.2 h on 2 CPU cores
+    python benchmarks/quality.py                               # every row, defaults below: ~1 h on 2 CPU cores
     python benchmarks/quality.py --arms trl_sft ours_recipe    # some rows
     python benchmarks/quality.py --quick                       # few steps and prompts: does it run (~6 min)
 
@@ -13,12 +13,13 @@ questions of those kinds plus subtraction and colours, never trained on). The te
 
 1. ``trl_sft``: TRL ``SFTTrainer`` on the teacher's answers;
 2. ``curriculum_sft``: ours, reasoning answers first, then direct ones, easy to hard;
-3. ``trl_gkd``: TRL ``GKDTrainer``, ``lmbda=0`` (the teacher's answers), forward KL (``beta=0``), the teacher live;
+3. ``trl_gkd``: TRL ``GKDTrainer``, ``lmbda=0`` (the teacher's answers), its default JSD (``beta=0.5``), the teacher
+   live;
 4. ``trl_distillation``: TRL's ``DistillationTrainer``: the student samples at every step, the teacher scores live
    (reverse KL, its default);
-5. ``ours_offline``: ``OfflineOnPolicyKDTrainer`` on a cache of the teacher's answers;
-6. ``ours_recipe`` (forward KL) and ``ours_recipe_reverse``: SFT for ``--sft_steps`` (``--recipe_sft``: plain, or
-   curriculum), then
+5. ``ours_offline``: ``OfflineOnPolicyKDTrainer`` on a cache of the teacher's answers (JSD, ``beta=0.5``);
+6. ``ours_recipe`` (forward KL), ``ours_recipe_reverse`` and ``ours_recipe_jsd`` (the quickstart's settings): SFT
+   for ``--sft_steps`` (``--recipe_sft``: plain, or curriculum; one warm-up shared by the three rows), then
    ``--rounds`` rounds of offline on-policy KD: the student samples the training prompts, the teacher scores those
    tokens once, the student trains on that cache mixed with the teacher-answer cache (``--answer_share``).
 
@@ -49,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("trl_sft", "curriculum_sft", "trl_gkd", "trl_distillation", "ours_offline", "ours_recipe",
-        "ours_recipe_reverse")  # fmt: skip
+        "ours_recipe_reverse", "ours_recipe_jsd")  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -81,7 +82,8 @@ def parse_args(argv=None):
     p.add_argument("--answer_share", type=float, default=0.7, help="share of teacher answers in each KD round")
     p.add_argument("--kd_weight", type=float, default=0.9, help="KD share of the loss in the recipe's KD rounds")
     p.add_argument("--offline_kd_weight", type=float, default=0.9, help="KD share of the loss in ours_offline")
-    p.add_argument("--offline_divergence", default="forward_kl", help="divergence of ours_offline")
+    p.add_argument("--offline_divergence", default="jsd", help="divergence of ours_offline (forward_kl was worse)")
+    p.add_argument("--gkd_beta", type=float, default=0.5, help="trl_gkd's JSD beta (TRL's default; 0: forward KL)")
     p.add_argument("--kd_temperature", type=float, default=1.0, help="distillation temperature of our KD rows")
     p.add_argument("--kd_learning_rate", type=float, default=None, help="default: --learning_rate")
     p.add_argument("--threads", type=int, default=2)
@@ -216,7 +218,7 @@ def arm_trl_gkd(args, made, out):
 
     model = load_student(made["student"])
     rows = [{"messages": r["prompt"] + r["completion"]} for r in made["train_answers"]]
-    config = train_args(GKDConfig, args, out, args.steps, lmbda=0.0, beta=0.0, temperature=1.0,
+    config = train_args(GKDConfig, args, out, args.steps, lmbda=0.0, beta=args.gkd_beta, temperature=1.0,
                         max_new_tokens=args.max_new_tokens)  # fmt: skip
     trainer = GKDTrainer(model=model, teacher_model=made["teacher_model"], args=config,
                          train_dataset=Dataset.from_list(rows), processing_class=made["tokenizer"])  # fmt: skip
@@ -259,9 +261,14 @@ def arm_ours_offline(args, made, out):
 def _recipe(args, made, out, divergence):
     from trl_edge import cache_teacher_logits, generate_rollouts
 
-    model, train_s = _curriculum_sft(
-        args, made, out / "sft", args.sft_steps, curriculum=args.recipe_sft == "curriculum"
-    )
+    if "recipe_sft" not in made:  # the recipe rows share one SFT warm-up (deterministic): train it once
+        model, seconds = _curriculum_sft(
+            args, made, out / "sft", args.sft_steps, curriculum=args.recipe_sft == "curriculum"
+        )
+        made["recipe_sft"] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, seconds)
+    model = load_student(made["student"])
+    model.load_state_dict(made["recipe_sft"][0])
+    train_s = made["recipe_sft"][1]  # counted in every row that starts from it
     other_s = 0.0
     per_round = (args.steps - args.sft_steps) // args.rounds
     for r in range(1, args.rounds + 1):
@@ -290,6 +297,10 @@ def arm_ours_recipe(args, made, out):
 
 def arm_ours_recipe_reverse(args, made, out):
     return _recipe(args, made, out, "reverse_kl")
+
+
+def arm_ours_recipe_jsd(args, made, out):
+    return _recipe(args, made, out, "jsd")
 
 
 # ------------------------------------------------------------------------------------------------------------ eval
