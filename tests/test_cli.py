@@ -231,3 +231,33 @@ def test_kd_recipes_parse_and_the_tiny_one_trains(tmp_path, monkeypatch):
          "--output_dir", str(out), "--max_steps", "2", "--disable_tqdm", "true"]
     )  # fmt: skip
     assert (out / "model.safetensors").is_file() and trainer.state.global_step == 2
+
+
+@pytest.mark.parametrize("config", ["cpu.yaml", "cpu_2proc.yaml", "npu_single.yaml"])
+def test_launching_with_an_accelerate_config_says_the_cpu_threads_so_accelerate_does_not_warn(config, monkeypatch):
+    """accelerate warns on every CPU launch without OMP_NUM_THREADS that it picked the threads; we pass its choice."""
+    import logging
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    from trl_edge.cli.launch import cpu_threads_flag
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    path = str(ROOT / "recipes/accelerate" / config)
+
+    def warnings_for(extra):
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logger = logging.getLogger("accelerate.commands.launch")
+        logger.addHandler(handler)
+        try:
+            _validate_launch_command(launch_command_parser().parse_args(["--config_file", path, *extra, "x.py"]))
+        finally:
+            logger.removeHandler(handler)
+        return [r.getMessage() for r in records if "defaults used instead" in r.getMessage()]
+
+    flag = cpu_threads_flag(path)
+    assert warnings_for(flag) == []
+    if flag:  # the warning this flag removes is real, and the value is accelerate's own choice
+        assert f"was set to `{flag[1]}`" in warnings_for([])[0]

@@ -125,6 +125,30 @@ def test_top_p_and_top_k_keep_what_they_should():
     assert kept.tolist() == [[True, True, True, False]]
 
 
+def test_greedy_and_sampled_generation_log_no_warning(tokenizer, student):
+    """Teacher answers are greedy: transformers used to warn about the sampling flags it would ignore."""
+    import io
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from trl_edge.backends.transformers_backend import sample_completions
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for temperature in (0.0, 0.7):
+                sample_completions(student, [[5, 6, 7], [8, 9]], num_samples=2, temperature=temperature, top_p=0.9,
+                                   top_k=5, max_new_tokens=3, stop_token_ids=[tokenizer.eos_token_id],
+                                   pad_token_id=tokenizer.pad_token_id, seed=0)  # fmt: skip
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+    assert stream.getvalue() == ""
+
+
 def test_a_killed_rollout_job_resumes_to_the_uninterrupted_set(tmp_path):
     script = str(ROOT / "tests/scripts/write_rollouts.py")
     full = subprocess.run([sys.executable, script, str(tmp_path / "full")], env=ENV, capture_output=True, text=True)

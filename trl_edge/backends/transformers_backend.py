@@ -204,8 +204,11 @@ def sample_completions(model, prompts: list[list[int]], *, num_samples: int, tem
     greedy = temperature == 0
     distribution = _SamplingDistribution(1.0 if greedy else temperature, None if greedy else top_k,
                                          1.0 if greedy else top_p)  # fmt: skip
-    config = GenerationConfig(  # a fresh config: no warper or penalty from the model's own generation_config
-        do_sample=not greedy, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+    # A fresh config: no warper or penalty from the model's own generation_config. Greedy sets no sampling flag
+    # (transformers warns about any it would ignore); sampling switches generate's own warpers off, ours applies them.
+    warpers = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    config = GenerationConfig(
+        do_sample=not greedy, **warpers, max_new_tokens=max_new_tokens,
         num_return_sequences=1 if greedy else num_samples, eos_token_id=list(stop_token_ids),
         pad_token_id=pad_token_id, return_dict_in_generate=True,
     )  # fmt: skip

@@ -70,6 +70,28 @@ def _explicit_defaults(launch_args: list[str]) -> list[str]:
     return extra + launch_args
 
 
+def cpu_threads_flag(config_file: str | os.PathLike | None, launch_args: list[str] = ()) -> list[str]:
+    """``--num_cpu_threads_per_process`` as accelerate would pick it for a CPU config, said explicitly.
+
+    On a CPU config without ``OMP_NUM_THREADS``, accelerate sets the threads to the physical cores per local process
+    and warns that it did on every launch; passing its own choice keeps the behaviour and drops the warning.
+    """
+    if config_file is None or os.environ.get("OMP_NUM_THREADS") or "--num_cpu_threads_per_process" in launch_args:
+        return []
+    import psutil
+    import yaml
+
+    try:
+        config = yaml.safe_load(Path(config_file).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # accelerate will say what is wrong with the file
+    if not config.get("use_cpu"):
+        return []
+    local = max(int(config.get("num_processes", 1) or 1) // max(int(config.get("num_machines", 1) or 1), 1), 1)
+    threads = int((psutil.cpu_count(logical=False) or 1) / local)
+    return ["--num_cpu_threads_per_process", str(threads)] if threads > 1 else []
+
+
 def launch_script(name: str, argv: list[str], prog: str) -> int:
     """Parse ``argv`` with the script's parser (so ``--help`` and bad flags fail here), then launch the script."""
     from accelerate.commands.launch import launch_command, launch_command_parser
@@ -85,6 +107,8 @@ def launch_script(name: str, argv: list[str], prog: str) -> int:
     launch_parser = launch_command_parser()
     _check_launch_flags(config_remaining + cli_remaining, parser, launch_parser, prog)
     launch_args = _explicit_defaults(_resolve_accelerate_config(config_remaining + cli_remaining))
+    if "--config_file" in launch_args:
+        launch_args += cpu_threads_flag(launch_args[launch_args.index("--config_file") + 1], launch_args)
     script_args = _subtract_subsequence(argv, cli_remaining)
     accelerate_args = launch_parser.parse_args(launch_args + [module.__file__] + script_args)
     launch_command(accelerate_args)

@@ -45,9 +45,13 @@ class StageKind:
         checked its config), so the stage pays for one Python start, not two.
         """
         if self.launched:
-            launch = ["--config_file", str(accelerate_config)] if accelerate_config else [
-                "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"
-            ]  # fmt: skip
+            from ..cli.launch import cpu_threads_flag
+
+            if accelerate_config:  # with accelerate's CPU thread choice said explicitly (no warning per stage)
+                launch = ["--config_file", str(accelerate_config), *cpu_threads_flag(accelerate_config)]
+            else:
+                launch = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+                          "--dynamo_backend", "no"]  # fmt: skip
             module = f"trl_edge.scripts.{SCRIPT_MODULES[self.command]}"
             return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", module,
                     "--config", str(config_path)]  # fmt: skip
