@@ -92,6 +92,13 @@ def cpu_threads_flag(config_file: str | os.PathLike | None, launch_args: list[st
     return ["--num_cpu_threads_per_process", str(threads)] if threads > 1 else []
 
 
+def launch_flags(config_file: str | os.PathLike | None) -> list[str]:
+    """The ``accelerate launch`` flags of a stage: its config file (with the CPU threads said), else the defaults."""
+    if config_file:
+        return ["--config_file", str(config_file), *cpu_threads_flag(config_file)]
+    return [x for flag_value in _LAUNCH_DEFAULTS.items() for x in flag_value]
+
+
 def launch_script(name: str, argv: list[str], prog: str) -> int:
     """Parse ``argv`` with the script's parser (so ``--help`` and bad flags fail here), then launch the script."""
     from accelerate.commands.launch import launch_command, launch_command_parser

@@ -45,16 +45,11 @@ class StageKind:
         checked its config), so the stage pays for one Python start, not two.
         """
         if self.launched:
-            from ..cli.launch import cpu_threads_flag
+            from ..cli.launch import launch_flags
 
-            if accelerate_config:  # with accelerate's CPU thread choice said explicitly (no warning per stage)
-                launch = ["--config_file", str(accelerate_config), *cpu_threads_flag(accelerate_config)]
-            else:
-                launch = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                          "--dynamo_backend", "no"]  # fmt: skip
             module = f"trl_edge.scripts.{SCRIPT_MODULES[self.command]}"
-            return [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", module,
-                    "--config", str(config_path)]  # fmt: skip
+            return [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(accelerate_config),
+                    "-m", module, "--config", str(config_path)]  # fmt: skip
         base = [sys.executable, "-m", "trl_edge.cli.main", self.command]
         if self.command in ("make-student", "export"):  # plain argparse commands: the config as flags
             return base + _flags(config)
