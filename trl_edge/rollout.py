@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 
 from .backends import check_backend
 from .batch import pad_token_id
-from .cache.format import tokenizer_fingerprint
 from .data_columns import passthrough_columns, read_table, table_bytes
 from .devices import partial_state
 from .model_loading import load_causal_lm, model_name
 from .sealed_files import atomic_write, file_sha256, is_sealed, prepare_output
+from .tokens import tokenizer_fingerprint
 
 METADATA_FILE = "rollouts.json"
 ROLLOUT_FORMAT_VERSION = 1

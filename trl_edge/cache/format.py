@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..sealed_files import atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
+from ..tokens import scored_positions, tokenizer_fingerprint, tokenizer_vocab_size  # noqa: F401  (likewise)
 
 FORMAT_VERSION = 2  # 2: crc32 covers sample_ids; content fingerprint; columns; head size
 METADATA_FILE = "metadata.json"
@@ -129,25 +130,6 @@ class CacheMetadata:
         return meta
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of what token ids mean: the vocabulary and the added tokens (ids and strings), nothing else.
-
-    Which token serves as padding or EOS is left out: TRL sets ``pad_token = eos_token`` on a tokenizer without one,
-    and that changes no id.
-    """
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    added = sorted((int(i), str(getattr(t, "content", t))) for i, t in tokenizer.added_tokens_decoder.items())
-    payload = json.dumps({"vocab": vocab, "added": added}, ensure_ascii=False).encode()
-    return hashlib.sha256(payload).hexdigest()[:32]
-
-
-def tokenizer_vocab_size(tokenizer) -> int:
-    """How many ids the tokenizer can produce (its vocabulary with added tokens), whatever a model's head holds."""
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    return len(tokenizer)
-
-
 def sample_id(input_ids: np.ndarray, labels: np.ndarray) -> bytes:
     """A content id: the same tokens and loss mask give the same id, whatever the row's position."""
     h = hashlib.blake2b(digest_size=SAMPLE_ID_BYTES)
@@ -169,8 +151,3 @@ def sample_crc(*parts: np.ndarray) -> int:
     for part in parts:
         crc = zlib.crc32(np.ascontiguousarray(part).view(np.uint8).reshape(-1), crc)
     return crc
-
-
-def scored_positions(labels: np.ndarray) -> np.ndarray:
-    """Positions ``t`` whose next token carries loss: where the teacher's distribution is kept."""
-    return np.flatnonzero(np.asarray(labels)[1:] != -100)

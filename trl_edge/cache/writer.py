@@ -26,12 +26,14 @@ from safetensors.numpy import save
 from tqdm.auto import tqdm
 
 from ..backends import check_backend
-from ..backends.transformers_backend import PositionScorer, _Clock
+from ..backends.transformers_backend import PositionScorer
 from ..batch import pad_token_id
+from ..clock import Clock
 from ..data_columns import passthrough_columns, ragged_column, table_bytes
 from ..devices import partial_state
 from ..model_loading import load_causal_lm, model_name
 from ..sealed_files import is_sealed, prepare_output
+from ..tokens import tokenizer_fingerprint, tokenizer_vocab_size
 from .encoding import get_encoding
 from .format import (
     METADATA_FILE,
@@ -44,8 +46,6 @@ from .format import (
     sample_id,
     seal_name,
     shard_name,
-    tokenizer_fingerprint,
-    tokenizer_vocab_size,
 )
 from .reader import TeacherLogitCache
 from .tokenize import SFTTokenization, prepare_like_sft
@@ -256,7 +256,7 @@ def cache_teacher_logits(
     with tqdm(total=total, desc=f"Caching teacher logits (rank {state.process_index})", unit="sample",
               disable=not state.is_local_main_process) as bar:  # fmt: skip
         for index in todo:
-            _write_shard(scorer, codec, plan, meta, directory, index, batch_size, bar, state, _Clock(timings))
+            _write_shard(scorer, codec, plan, meta, directory, index, batch_size, bar, state, Clock(timings))
     state.wait_for_everyone()
     return TeacherLogitCache(directory, tokenizer=tokenizer)
 

@@ -45,7 +45,7 @@ class StageKind:
         checked its config), so the stage pays for one Python start, not two.
         """
         if self.launched:
-            from ..cli.launch import launch_flags
+            from ..launch_flags import launch_flags
 
             module = f"trl_edge.scripts.{SCRIPT_MODULES[self.command]}"
             return [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(accelerate_config),
