@@ -37,6 +37,7 @@ _EXPORTS = {
     "chunked_kd_loss": "trl_edge.losses",
     "sparse_divergence": "trl_edge.losses",
     "KDLossOutput": "trl_edge.losses",
+    "KDLossOptions": "trl_edge.losses",
     "DIVERGENCES": "trl_edge.losses",
     "export_for_edge": "trl_edge.export",
     "ExportReport": "trl_edge.export",
