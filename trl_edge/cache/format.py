@@ -40,10 +40,11 @@ import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ..sealed_files import atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
+from ..sealed_files import ShardedMetadata, atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
 from ..tokens import scored_positions, tokenizer_fingerprint, tokenizer_vocab_size  # noqa: F401  (likewise)
 
 FORMAT_VERSION = 2  # 2: crc32 covers sample_ids; content fingerprint; columns; head size
@@ -68,8 +69,10 @@ def columns_name(index: int) -> str:
 
 
 @dataclass
-class CacheMetadata:
-    """What made the cache (teacher, tokenizer, settings) and how it is cut into shards."""
+class CacheMetadata(ShardedMetadata):
+    """What made the cache (teacher, tokenizer, settings) and how it is cut into shards (of prepared rows)."""
+
+    ROWS_FIELD: ClassVar[str] = "num_samples"
 
     teacher: str
     tokenizer_fingerprint: str
@@ -87,21 +90,6 @@ class CacheMetadata:
     tokenization: dict = field(default_factory=dict)
     trl_edge_version: str = ""
     format_version: int = FORMAT_VERSION
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_samples // self.shard_size)
-
-    def shard_range(self, index: int) -> tuple[int, int]:
-        """The prepared rows ``[start, stop)`` that shard ``index`` holds."""
-        start = index * self.shard_size
-        return start, min(start + self.shard_size, self.num_samples)
-
-    def settings(self) -> dict:
-        """The fields two runs must agree on to write into the same cache."""
-        out = asdict(self)
-        out.pop("trl_edge_version")
-        return out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
