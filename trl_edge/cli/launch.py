@@ -68,11 +68,11 @@ def _explicit_defaults(launch_args: list[str]) -> list[str]:
     return extra + launch_args
 
 
-def launch_script(name: str, argv: list[str], prog: str) -> int:
+def launch_script(module_name: str, argv: list[str], prog: str) -> int:
     """Parse ``argv`` with the script's parser (so ``--help`` and bad flags fail here), then launch the script."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    module = importlib.import_module(f"trl_edge.scripts.{name}")
+    module = importlib.import_module(module_name)
     parser = module.make_parser(prog=prog)
     try:
         *_, config_remaining, cli_remaining = parser.parse_args_and_config(

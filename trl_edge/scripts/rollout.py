@@ -6,7 +6,6 @@ every accelerate rank samples its own shards, and rerunning the same command res
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 from trl_edge.scripts.loading import load_dataset_dict
@@ -87,12 +86,15 @@ def main(args: RolloutArguments):
     return rollouts
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (RolloutArguments,)
+
+
+def make_parser(prog: str | None = None):
     from trl import TrlParser
 
-    if subparsers is not None:
-        return subparsers.add_parser("rollout", help="Sample student rollouts", dataclass_types=[RolloutArguments])
-    return TrlParser([RolloutArguments], prog=prog)
+    return TrlParser(dataclass_types(), prog=prog)
 
 
 def run(argv: list[str] | None = None):

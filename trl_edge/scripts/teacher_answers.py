@@ -8,7 +8,6 @@ The teacher writes the SFT answers for a prompt set, so that the SFT data and th
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -101,12 +100,15 @@ def main(args: TeacherAnswersArguments):
     state.wait_for_everyone()
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (TeacherAnswersArguments,)
+
+
+def make_parser(prog: str | None = None):
     from trl import TrlParser
 
-    if subparsers is not None:
-        return subparsers.add_parser("teacher-answers", dataclass_types=[TeacherAnswersArguments])
-    return TrlParser([TeacherAnswersArguments], prog=prog)
+    return TrlParser(dataclass_types(), prog=prog)
 
 
 def run(argv: list[str] | None = None):

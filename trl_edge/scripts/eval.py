@@ -9,7 +9,6 @@ seconds each), for a pipeline to read.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -219,14 +218,15 @@ def main(args: EvalArguments, loading: ModelLoading | None = None) -> dict[str, 
     return metrics
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (EvalArguments, ModelLoading)
+
+
+def make_parser(prog: str | None = None):
     from trl import TrlParser
 
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "eval", help="Evaluate a checkpoint", dataclass_types=[EvalArguments, ModelLoading]
-        )
-    return TrlParser([EvalArguments, ModelLoading], prog=prog)
+    return TrlParser(dataclass_types(), prog=prog)
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:
