@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..backends import check_backend
 from ..batch import pad_token_id
+from ..compat import tokenize_like_sft
 from ..data_columns import passthrough_columns, table_bytes
 from ..devices import partial_state
 from ..model_loading import load_causal_lm, model_name
@@ -51,7 +52,7 @@ def weights_hash(model) -> str:
 def tokenize_prompts(dataset, processing_class) -> list[list[int]]:
     """Each row's ``prompt`` (conversational or plain text) as SFTTrainer tokenizes a prompt: a conversational one
     through the chat template with the generation prompt, a string with the tokenizer itself."""
-    from trl.data_utils import _tokenize, is_conversational
+    from trl.data_utils import is_conversational
 
     if "prompt" not in dataset.column_names:
         raise ValueError(
@@ -63,7 +64,7 @@ def tokenize_prompts(dataset, processing_class) -> list[list[int]]:
         kwargs = {"add_generation_prompt": True} if is_conversational(row) else {}
         if row.get("tools") is not None:
             kwargs["tools"] = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
-        ids = _tokenize(processing_class, row["prompt"], **kwargs)["input_ids"]
+        ids = tokenize_like_sft(processing_class, row["prompt"], **kwargs)["input_ids"]
         out.append([int(i) for i in ids])
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from trl import SFTTrainer
 
+from ..compat import config_name_or_path
 from ..devices import check_process_group
 from .curriculum import CurriculumMixin
 from .curriculum_sft_config import CurriculumSFTConfig
@@ -32,7 +33,7 @@ class CurriculumSFTTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
 
     def __init__(self, model, args: CurriculumSFTConfig | None = None, *pargs, difficulty_scorer=None, **kwargs):
         if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
+            name = model if isinstance(model, str) else config_name_or_path(model.config)
             args = CurriculumSFTConfig(f"{str(name).split('/')[-1]}-CurriculumSFT")
         if not isinstance(args, CurriculumSFTConfig):
             raise TypeError(f"CurriculumSFTTrainer needs a CurriculumSFTConfig, got {type(args).__name__}.")

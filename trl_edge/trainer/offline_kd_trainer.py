@@ -21,6 +21,7 @@ from ..backends.transformers_backend import check_plain_lm_head
 from ..batch import pad_token_id
 from ..cache.format import CacheError
 from ..cache.reader import TeacherLogitCache, collate_samples
+from ..compat import config_name_or_path, count_train_tokens, log_trainer_metric
 from ..curriculum.scorers import ColumnScorer
 from ..devices import check_process_group
 from ..losses import chunked_kd_loss
@@ -141,7 +142,7 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
     def __init__(self, model, args: OfflineOnPolicyKDConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, difficulty_scorer=None, **kwargs):  # fmt: skip
         if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
+            name = model if isinstance(model, str) else config_name_or_path(model.config)
             args = OfflineOnPolicyKDConfig(f"{str(name).split('/')[-1]}-OfflineKD")
         if not isinstance(args, OfflineOnPolicyKDConfig):
             raise TypeError(f"OfflineOnPolicyKDTrainer needs an OfflineOnPolicyKDConfig, got {type(args).__name__}.")
@@ -303,8 +304,6 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
         *values, count = self.accelerator.gather_for_metrics(sums[None]).sum(0).tolist()
         count = max(count, 1.0)
         for name, value in zip(stats, values):
-            self._metrics[mode][name].append(value / count)
+            log_trainer_metric(self, mode, name, value / count)
         if mode == "train":
-            tokens = self.accelerator.gather_for_metrics(attention_mask.sum()[None]).sum().item()
-            self._total_train_tokens += tokens
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            count_train_tokens(self, self.accelerator.gather_for_metrics(attention_mask.sum()[None]).sum().item())
