@@ -53,6 +53,7 @@ _EXPORTS = {
     "UniformScorer": "trl_edge.curriculum.scorers",
     "CurriculumArguments": "trl_edge.trainer.curriculum",
     "CurriculumMixin": "trl_edge.trainer.curriculum",
+    "CurriculumEdgeTrainer": "trl_edge.trainer.curriculum_edge_trainer",
     "EdgePrecisionArguments": "trl_edge.trainer.edge_precision",
     "EdgePrecisionMixin": "trl_edge.trainer.edge_precision",
     "generate_rollouts": "trl_edge.rollout",
