@@ -196,6 +196,22 @@ def test_every_recipe_yaml_parses_into_its_configs():
     assert checked >= 10
 
 
+def test_every_stage_names_its_model_model(tmp_path, models, prompts):
+    """`model:` is the model of any stage (a cache's teacher, a student's teacher too), mapped to its script's own
+    name; the script's name works as before, and giving both is refused."""
+    raw = {"output_dir": str(tmp_path), "models": models, "stages": [
+        {"name": "a", "kind": "cache", "model": "@teacher", "dataset": prompts},
+        {"name": "b", "kind": "cache", "teacher": "@teacher", "dataset": prompts},
+        {"name": "s", "kind": "make_student", "model": "@teacher", "num_layers": 1},
+    ]}  # fmt: skip
+    a, b, student = PipelineRunner(PipelineConfig.from_dict(raw)).stages
+    assert a.config["teacher"] == b.config["teacher"] == student.config["teacher"] == models["teacher"]
+    assert "model" not in a.config and set(a.config) == set(b.config)
+    raw["stages"][0]["teacher"] = "@teacher"
+    with pytest.raises(PipelineError, match="as `model` or as `teacher`, not both"):
+        PipelineRunner(PipelineConfig.from_dict(raw))
+
+
 def test_the_stage_kinds_are_one_table():
     """The pipeline file's kinds, the ``trl-edge`` subcommands, the script modules and the files left out of an
     artifact's hash all come from ``KINDS``: one name per kind, its command and module derived by one rule."""

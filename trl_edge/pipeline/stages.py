@@ -61,7 +61,10 @@ class StageKind:
         """The stage script's configuration: the stage's settings, with the names the script uses."""
         config = dict(settings)
         out = stage_dir / self.artifact
-        if self.model_key and "model" in config:
+        if self.model_key and "model" in config:  # every stage names its model `model`; its script, as it likes
+            if self.model_key != "model" and self.model_key in config:
+                raise PipelineError(f"A {self.name} stage takes its model once: as `model` or as `{self.model_key}`, "
+                                    "not both.")  # fmt: skip
             config[self.model_key] = config.pop("model")
         if self.dataset_key and "dataset" in config and self.dataset_key != "dataset":
             config[self.dataset_key] = config.pop("dataset")
@@ -114,7 +117,7 @@ KINDS = {kind.name: kind for kind in (
     StageKind("rollout", "On-policy data: the student samples completions of a prompt set (token-exact)", "rollouts",
               "model_name_or_path", "dataset", launched=True, volatile_files=("rollouts.json",)),
     StageKind("cache", "Cache teacher logits once for offline distillation; `cache verify DIR` checks a cache",
-              "cache", None, "dataset", launched=True, volatile_files=("metadata.json",)),
+              "cache", "teacher", "dataset", launched=True, volatile_files=("metadata.json",)),
     StageKind("kd", "Offline on-policy distillation from a teacher cache (OfflineOnPolicyKDTrainer)", "model",
               "model_name_or_path", None, launched=True, trains=True, makes_model=True, volatile_files=_TRAINER_FILES),
     StageKind("eval", "Evaluate a checkpoint: teacher fidelity, generation quality, lm-eval benchmarks", "eval",

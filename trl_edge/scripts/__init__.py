@@ -2,3 +2,10 @@
 kind (``trl-edge teacher-answers`` and ``kind: teacher_answers`` run ``scripts/teacher_answers.py``; see
 ``trl_edge.pipeline.stages.KINDS``). Each exposes ``dataclass_types()``, ``make_parser()`` and ``run(argv)``; the
 training ones run under ``accelerate launch`` and are importable from the thin launchers in ``recipes/``."""
+
+
+def script_parser(dataclass_types, prog: str | None = None):
+    """The parser of a script's config dataclasses: TRL's (``--config FILE``, flags override the file)."""
+    from trl import TrlParser
+
+    return TrlParser(dataclass_types, prog=prog)

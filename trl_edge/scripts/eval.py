@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl_edge.model_loading import ModelLoading
+from trl_edge.scripts import script_parser
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # run as a file, this folder would shadow the `evaluate` package with this very script
@@ -224,9 +225,7 @@ def dataclass_types() -> tuple:
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
-    return TrlParser(dataclass_types(), prog=prog)
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -5,6 +5,7 @@ The data is a teacher cache (``teacher_cache``, made by ``trl-edge cache``); Mod
 
 from __future__ import annotations
 
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.training_run import set_model_init_kwargs, train_and_save
 
 
@@ -35,9 +36,7 @@ def dataclass_types() -> tuple:
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
-    return TrlParser(dataclass_types(), prog=prog)
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.loading import load_dataset_dict
 
 
@@ -92,9 +93,7 @@ def dataclass_types() -> tuple:
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
-    return TrlParser(dataclass_types(), prog=prog)
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

@@ -7,6 +7,7 @@ data files or a dataset saved with ``save_to_disk``, so recipes run offline.
 
 from __future__ import annotations
 
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.loading import load_dataset_dict
 from trl_edge.scripts.training_run import set_model_init_kwargs, train_and_save
 
@@ -62,9 +63,7 @@ def dataclass_types() -> tuple:
 
 
 def make_parser(prog: str | None = None):
-    from trl import TrlParser
-
-    return TrlParser(dataclass_types(), prog=prog)
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):
