@@ -409,3 +409,29 @@ def test_the_same_call_in_a_fresh_process_resumes_after_sft_touched_the_tokenize
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.split("CACHE")[-1] == first.stdout.split("CACHE")[-1]
     assert shard_hashes(tmp_path / "cache") == before
+
+
+def test_a_scoring_source_hands_over_its_own_sequences(tmp_path, tokenizer, teacher):
+    """The cache scores a ``ScoringSource``'s plan token for token (the interface a RolloutSet implements), and
+    tokenizes anything else as SFT does: an object is a source by declaring it, not by having a method's name."""
+    from trl_edge import RolloutSet
+    from trl_edge.cache.plan import ScoringPlan, ScoringSource, plan_from_dataset
+
+    ids = np.asarray([5, 6, 7, 8, 9, 10], dtype=np.int32)
+    labels = np.asarray([-100, -100, -100, 8, 9, 10], dtype=np.int32)
+
+    class Fixed(ScoringSource):
+        def scoring_plan(self):
+            return ScoringPlan.from_arrays(ids, labels, [0, len(ids)], {}, source={"kind": "fixed"})
+
+    cache = cache_teacher_logits(teacher, tokenizer, Fixed(), tmp_path / "c", top_k=4)
+    assert cache.metadata.source == {"kind": "fixed"}
+    assert cache[0]["input_ids"].tolist() == ids.tolist() and cache[0]["labels"].tolist() == labels.tolist()
+    assert issubclass(RolloutSet, ScoringSource)
+
+    class LooksLikeOne:
+        def scoring_plan(self):
+            raise AssertionError("duck-typed: only a ScoringSource is asked for its plan")
+
+    with pytest.raises((TypeError, AttributeError, ValueError)):
+        plan_from_dataset(LooksLikeOne(), tokenizer)

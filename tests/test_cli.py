@@ -170,7 +170,7 @@ def test_every_recipe_parses(recipe):
 
 @pytest.mark.parametrize("recipe", CACHE_RECIPES, ids=lambda p: p.name)
 def test_every_cache_recipe_parses(recipe):
-    from trl_edge.scripts.cache_teacher import make_parser as make_cache_parser
+    from trl_edge.scripts.cache import make_parser as make_cache_parser
 
     (args,) = make_cache_parser().parse_args_and_config(["--config", str(recipe)])
     assert args.teacher and args.dataset and args.output_dir and args.top_k >= 1
@@ -208,7 +208,7 @@ def test_the_examples_run(tmp_path, script, extra, model):
 
 def test_kd_recipes_parse_and_the_tiny_one_trains(tmp_path, monkeypatch):
     from trl_edge.cache.writer import cache_teacher_logits
-    from trl_edge.scripts.cache_teacher import make_parser as make_cache_parser
+    from trl_edge.scripts.cache import make_parser as make_cache_parser
     from trl_edge.scripts.kd import make_parser as make_kd_parser
     from trl_edge.scripts.kd import run as run_kd
 

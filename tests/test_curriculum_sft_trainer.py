@@ -269,3 +269,35 @@ def test_every_difficulty_a_config_accepts_has_a_source_in_its_trainer():
     assert {"teacher_nll", "teacher_entropy"} <= set(OfflineOnPolicyKDConfig.difficulty_sources)
     with pytest.raises(ValueError, match="Unknown `curriculum_difficulty` 'teacher_nll'"):
         CurriculumSFTConfig("out", curriculum_difficulty="teacher_nll", use_cpu=True, bf16=False)
+
+
+def test_a_positional_train_dataset_gets_its_curriculum(tmp_path, tokenizer):
+    """``CurriculumSFTTrainer(model, args, data_collator, train_dataset, ...)``, as SFTTrainer's signature allows:
+    the curriculum finds the train dataset by name, checks it and orders it."""
+    args = training_args(tmp_path, max_steps=2, curriculum_difficulty="column", **STAGES)
+    dataset = make_dataset(12)
+    trainer = CurriculumSFTTrainer(build_tiny_model(tokenizer), args, None, dataset, None, tokenizer)
+    assert len(trainer.curriculum_difficulty) == 12
+    np.testing.assert_array_equal(trainer.curriculum_difficulty, np.asarray(dataset["difficulty"], dtype=np.float64))
+    stage_of = dict(zip(range(12), dataset["stage"]))
+    first = [stage_of[i] for i in trainer.curriculum_sampler.schedule(0).indices[:4]]
+    assert first == ["reasoning"] * 4  # the stage order holds from the first samples on
+    streamed = dataset.to_iterable_dataset()
+    with pytest.raises(TypeError, match="random access"):
+        CurriculumSFTTrainer(build_tiny_model(tokenizer), args, None, streamed, None, tokenizer)
+    with pytest.raises(TypeError):  # one argument both ways: SFTTrainer's own signature says no
+        CurriculumSFTTrainer(build_tiny_model(tokenizer), args, None, dataset, train_dataset=dataset)
+
+
+def test_the_difficulty_choices_come_from_the_trainers_registries():
+    from trl import TrlParser
+
+    from trl_edge import OfflineOnPolicyKDConfig, OfflineOnPolicyKDTrainer
+
+    def choices(config_class):
+        parser = TrlParser([config_class])
+        return next(a.choices for a in parser._actions if a.dest == "curriculum_difficulty")
+
+    assert choices(CurriculumSFTConfig) == list(CurriculumSFTTrainer.difficulty_sources)
+    assert choices(OfflineOnPolicyKDConfig) == list(OfflineOnPolicyKDTrainer.difficulty_sources)
+    assert "teacher_nll" not in choices(CurriculumSFTConfig)  # an SFT run has no teacher cache to read it from

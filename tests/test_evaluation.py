@@ -324,7 +324,7 @@ def test_lm_eval_local_task_offline_matches_own_loglikelihoods(tmp_path, tokeniz
 
 # ------------------------------------------------------------------------------------------------------ trl-edge eval
 def test_eval_needs_something_to_evaluate():
-    from trl_edge.scripts.evaluate import EvalArguments
+    from trl_edge.scripts.eval import EvalArguments
 
     with pytest.raises(ValueError, match="Nothing to evaluate"):
         EvalArguments(model="m", output_dir="o")

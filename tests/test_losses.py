@@ -798,3 +798,87 @@ def test_divergences_are_nonnegative_and_zero_at_the_teacher():
     for divergence in SUPPORT_DIVERGENCES:
         assert (sparse_divergence(s, ids[:, :5], lp[:, :5], None, None, divergence=divergence) >= -1e-12).all()
     assert math.isclose(TAIL_FLOOR, 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-position weights and the options object
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _position_weights(n, seed=5):
+    g = _generator(seed)
+    kd_w, ce_w = torch.rand(n, generator=g, dtype=F64), torch.rand(n, generator=g, dtype=F64)
+    ce_w[[1, 4, 9]] = 0.0  # rows trained on the divergence alone
+    kd_w[[2, 9, 20]], ce_w[[2, 20]] = 0.0, 0.0  # rows that count for nothing (9: both set above and here)
+    return kd_w, ce_w
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "sampled_reverse_kl", "jsd", "reverse_kl"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("tail", TAIL_MODES)
+def test_per_position_weights_match_a_dense_reference(divergence, temperature, tail):
+    problem = _kd_problem(n=37, vocab=50, k=8)
+    hidden, weight, bias, ids, lp, token_lp, target = problem
+    kd_w, ce_w = _position_weights(37)
+    kw = dict(divergence=divergence, temperature=temperature, tail=tail, beta=0.3)
+    out = chunked_kd_loss(*problem, kd_weights=kd_w, ce_weights=ce_w, normalizer=11.0, chunk_size=7, **kw)
+    # The reference: full [N, V] logits, the per-position terms by plain torch ops, autograd
+    logits = hidden @ weight.T + bias
+    kd_rows = sparse_divergence(torch.log_softmax(logits / temperature, -1), ids, lp, token_lp, target, **kw)
+    ce_rows = -torch.log_softmax(logits, -1).gather(-1, target[:, None]).squeeze(-1)
+    ref = (kd_w * kd_rows + ce_w * ce_rows).sum() / 11.0
+    torch.testing.assert_close(out.loss, ref, rtol=1e-12, atol=1e-12)
+    got, want = _grads(out.loss, problem[:3]), _grads(ref, problem[:3])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    assert (got[0][[2, 9, 20]] == 0).all()  # a position with both weights 0 gets no gradient at all
+    assert got[0][[1, 4]].abs().sum() > 0  # one with a divergence weight only still trains
+    # The sums stay unweighted statistics: every position once
+    torch.testing.assert_close(out.kd_sum, kd_rows.detach().sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.ce_sum, ce_rows.detach().sum(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "jsd"])
+def test_per_position_weights_default_to_kd_weight_and_each_side_alone(divergence):
+    n = 37
+    problem = _kd_problem(n=n)
+    scalar = chunked_kd_loss(*problem, kd_weight=0.7, divergence=divergence, chunk_size=6)
+    kd_w, ce_w = torch.full((n,), 0.7, dtype=F64), torch.full((n,), 0.3, dtype=F64)
+    full = chunked_kd_loss(
+        *problem, kd_weight=0.3, divergence=divergence, chunk_size=6, kd_weights=kd_w, ce_weights=ce_w
+    )
+    torch.testing.assert_close(full.loss, scalar.loss, rtol=1e-12, atol=1e-12)
+    for a, b in zip(_grads(full.loss, problem[:3]), _grads(scalar.loss, problem[:3]), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    kd_w, _ = _position_weights(n)
+    only_kd = chunked_kd_loss(*problem, kd_weight=0.7, divergence=divergence, chunk_size=6, kd_weights=kd_w)
+    ref = _reference_loss(*problem, kd_weight=0.0, normalizer=1.0, divergence=divergence)[1:3]  # (kd, ce) rows
+    torch.testing.assert_close(only_kd.loss, (kd_w * ref[0]).sum() + 0.3 * ref[1].sum(), rtol=1e-12, atol=1e-12)
+
+
+def test_bad_position_weights_raise():
+    problem = _kd_problem(n=6)
+    with pytest.raises(ValueError, match=r"kd_weights must be a floating point \[N\] tensor with N = 6"):
+        chunked_kd_loss(*problem, kd_weights=torch.ones(5, dtype=F64))
+    with pytest.raises(ValueError, match="ce_weights must be finite and >= 0"):
+        chunked_kd_loss(*problem, ce_weights=torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, 1.0], dtype=F64))
+
+
+def test_options_object_is_the_keywords_checked_once():
+    from trl_edge.losses import DIVERGENCE_REGISTRY, ClosedFormDivergence, KDLossOptions
+
+    problem = _kd_problem(n=9)
+    options = KDLossOptions(divergence="jsd", beta=0.2, temperature=1.5, kd_weight=0.6)
+    a = chunked_kd_loss(*problem, options=options, chunk_size=4)
+    b = chunked_kd_loss(*problem, divergence="jsd", beta=0.2, temperature=1.5, kd_weight=0.6, chunk_size=4)
+    assert torch.equal(a.loss, b.loss)
+    c = chunked_kd_loss(*problem, options=options, beta=0.7, chunk_size=4)  # a keyword overrides the object
+    d = chunked_kd_loss(*problem, divergence="jsd", beta=0.7, temperature=1.5, kd_weight=0.6, chunk_size=4)
+    assert torch.equal(c.loss, d.loss) and not torch.equal(a.loss, c.loss)
+    assert tuple(DIVERGENCE_REGISTRY) == DIVERGENCES
+    closed = {n for n, d in DIVERGENCE_REGISTRY.items() if isinstance(d, ClosedFormDivergence)}
+    assert closed == {"forward_kl", "sampled_reverse_kl"}
+    assert str(KDLossOptions.BOUNDS["temperature"]) == "(0, inf)" and str(KDLossOptions.BOUNDS["beta"]) == "[0, 1]"
+    for bad in (dict(temperature=math.inf), dict(temperature=math.nan), dict(skew_alpha=1.01)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            KDLossOptions(**bad)

@@ -260,3 +260,19 @@ def test_statistics_that_cost_passes_are_computed_on_logging_steps_only(tmp_path
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert [e["step"] for e in logs] == [3, 6]
     assert all(0 <= e["top1_agreement"] <= 1 and e["student_entropy"] > 0 for e in logs)
+
+
+def test_the_kd_config_checks_the_losss_own_bounds(tmp_path):
+    """One statement of what each loss option accepts (``KDLossOptions``): ``skew_alpha`` 0 (the plain KL) is as valid
+    for the config as for the loss (the config once refused it: ``(0, 1)`` against the loss's ``[0, 1]``)."""
+    from trl_edge.losses import KDLossOptions
+
+    args = kd_args(tmp_path, skew_alpha=0.0, divergence="skew_forward_kl", beta=1.0)
+    assert args.kd_loss_options() == KDLossOptions(divergence="skew_forward_kl", beta=1.0, skew_alpha=0.0)
+    with pytest.raises(ValueError, match=r"`skew_alpha` must be in \[0, 1\], got 1.5"):
+        kd_args(tmp_path, skew_alpha=1.5)
+    with pytest.raises(ValueError, match=r"`temperature` must be in \(0, inf\)"):
+        kd_args(tmp_path, temperature=float("inf"))
+    fields = OfflineOnPolicyKDConfig.__dataclass_fields__
+    assert fields["divergence"].metadata["choices"] == list(KDLossOptions.CHOICES["divergence"])
+    assert fields["tail"].metadata["choices"] == list(KDLossOptions.CHOICES["tail"])

@@ -196,6 +196,64 @@ def test_every_recipe_yaml_parses_into_its_configs():
     assert checked >= 10
 
 
+def test_every_stage_names_its_model_model(tmp_path, models, prompts):
+    """`model:` is the model of any stage (a cache's teacher, a student's teacher too), mapped to its script's own
+    name; the script's name works as before, and giving both is refused."""
+    raw = {"output_dir": str(tmp_path), "models": models, "stages": [
+        {"name": "a", "kind": "cache", "model": "@teacher", "dataset": prompts},
+        {"name": "b", "kind": "cache", "teacher": "@teacher", "dataset": prompts},
+        {"name": "s", "kind": "make_student", "model": "@teacher", "num_layers": 1},
+    ]}  # fmt: skip
+    a, b, student = PipelineRunner(PipelineConfig.from_dict(raw)).stages
+    assert a.config["teacher"] == b.config["teacher"] == student.config["teacher"] == models["teacher"]
+    assert "model" not in a.config and set(a.config) == set(b.config)
+    raw["stages"][0]["teacher"] = "@teacher"
+    with pytest.raises(PipelineError, match="as `model` or as `teacher`, not both"):
+        PipelineRunner(PipelineConfig.from_dict(raw))
+
+
+def test_the_stage_kinds_are_one_table():
+    """The pipeline file's kinds, the ``trl-edge`` subcommands, the script modules and the files left out of an
+    artifact's hash all come from ``KINDS``: one name per kind, its command and module derived by one rule."""
+    import importlib
+
+    import transformers.trainer
+
+    from trl_edge.cache.format import METADATA_FILE as CACHE_METADATA
+    from trl_edge.cli.main import build_parser
+    from trl_edge.export import REPORT_NAME
+    from trl_edge.pipeline import KINDS, STAGE_KINDS
+    from trl_edge.pipeline.runner import RECORD, STARTED, VOLATILE_FILES
+    from trl_edge.rollout import METADATA_FILE as ROLLOUT_METADATA
+    from trl_edge.student import PROVENANCE_FILE
+
+    assert STAGE_KINDS == tuple(KINDS) == ("make_student", "teacher_answers", "sft", "rollout", "cache", "kd", "eval",
+                                           "export")  # fmt: skip
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == {kind.command for kind in KINDS.values()} | {"pipeline", "env"}
+    for name, kind in KINDS.items():
+        assert kind.name == name and kind.command == name.replace("_", "-")
+        if kind.script:
+            module = importlib.import_module(kind.script_module)
+            assert module.__name__ == f"trl_edge.scripts.{name}" and callable(module.run)
+            assert module.make_parser().dataclass_types == list(kind.dataclass_types())
+        else:
+            assert kind.dataclass_types() is None and not kind.launched
+    assert [k for k, kind in KINDS.items() if kind.makes_model] == ["make_student", "sft", "kd"]
+    owners = {
+        "make_student": {PROVENANCE_FILE},
+        "sft": {transformers.trainer.TRAINING_ARGS_NAME, transformers.trainer.TRAINER_STATE_NAME, "README.md"},
+        "kd": {transformers.trainer.TRAINING_ARGS_NAME, transformers.trainer.TRAINER_STATE_NAME, "README.md"},
+        "rollout": {ROLLOUT_METADATA},
+        "cache": {CACHE_METADATA},
+        "export": {REPORT_NAME},
+    }
+    assert {k: set(kind.volatile_files) for k, kind in KINDS.items() if kind.volatile_files} == owners
+    assert VOLATILE_FILES == {"training_args.bin", "trainer_state.json", "log.txt", "README.md", "config.yaml", RECORD,
+                              STARTED, "metadata.json", "rollouts.json", "student_provenance.json",
+                              "export_report.json"}  # fmt: skip
+
+
 # ---------------------------------------------------------------- a real run
 
 

@@ -312,6 +312,7 @@ def export_for_edge(
     """
     import torch
 
+    from .compat import config_name_or_path
     from .model_loading import load_causal_lm, load_tokenizer
 
     if onnx:
@@ -328,7 +329,7 @@ def export_for_edge(
     else:
         model = copy.deepcopy(model_or_path).to("cpu", torch.float32)
         if tokenizer is None:
-            path = getattr(model.config, "_name_or_path", None)
+            path = config_name_or_path(model.config)
             if not path:
                 raise ValueError("Pass tokenizer= with a model object that has no _name_or_path to load one from.")
             tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)

@@ -102,7 +102,10 @@ def model_name(model) -> str:
     """The name or path a model was loaded from (what metadata records)."""
     if isinstance(model, str | os.PathLike):
         return str(model)
-    return str(getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__))
+    from .compat import config_name_or_path
+
+    name = config_name_or_path(getattr(model, "config", None))
+    return str(type(model).__name__ if name is None else name)
 
 
 def input_device(model) -> torch.device:

@@ -13,7 +13,9 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
+from typing import ClassVar
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,28 @@ def is_sealed(seal: Path, files: dict[str, Path], warn: bool = True) -> bool:
         for path in bad:
             logger.warning("%s does not match its seal (a partial or corrupted write): rewriting it.", path)
     return not bad
+
+
+class ShardedMetadata:
+    """The shard plan of a sealed directory's metadata (a dataclass with ``shard_size``, ``trl_edge_version`` and the
+    row count named by ``ROWS_FIELD``): shard ``i`` holds the rows ``[i * shard_size, (i + 1) * shard_size)``."""
+
+    ROWS_FIELD: ClassVar[str]
+
+    @property
+    def num_shards(self) -> int:
+        return -(-getattr(self, self.ROWS_FIELD) // self.shard_size)
+
+    def shard_range(self, index: int) -> tuple[int, int]:
+        """The rows ``[start, stop)`` that shard ``index`` holds."""
+        start = index * self.shard_size
+        return start, min(start + self.shard_size, getattr(self, self.ROWS_FIELD))
+
+    def settings(self) -> dict:
+        """The fields two runs must agree on to write into the same directory (all but the version that wrote it)."""
+        out = asdict(self)
+        out.pop("trl_edge_version")
+        return out
 
 
 def prepare_output(directory: Path, metadata_file: str, settings: dict, old_settings, payload: bytes, *,

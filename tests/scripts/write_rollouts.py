@@ -10,7 +10,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from datasets import Dataset  # noqa: E402
 
-from trl_edge import rollout  # noqa: E402
+from trl_edge.rollout import writer  # noqa: E402
 from trl_edge.testing import arithmetic_examples, build_tiny_model, build_tokenizer, exit_after  # noqa: E402
 
 
@@ -26,9 +26,9 @@ def main():
     parser.add_argument("--kill-after", type=int, default=None)
     args = parser.parse_args()
     if args.kill_after is not None:
-        exit_after(rollout, "_write_shard", args.kill_after)
+        exit_after(writer, "_write_shard", args.kill_after)
     model, tokenizer, dataset = build_inputs()
-    rollout.generate_rollouts(
+    writer.generate_rollouts(
         model, tokenizer, dataset, args.out, num_samples=2, max_new_tokens=8, shard_size=3, batch_size=2, seed=5
     )
 

@@ -8,15 +8,15 @@ built.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..batch import left_pad, right_pad
-from ..cache.format import scored_positions
+from ..clock import Clock
 from ..model_loading import input_device
+from ..tokens import scored_positions
 
 
 def has_plain_lm_head(model) -> bool:
@@ -33,30 +33,6 @@ def check_plain_lm_head(model, what: str) -> None:
             f"{what} needs logits that are exactly the LM head of the last hidden state; this model applies logit "
             "soft-capping or scaling after its head, which is not supported yet."
         )
-
-
-class _Clock:
-    """Adds elapsed seconds to ``timings[key]`` at each lap (synchronising the device first); a no-op without."""
-
-    def __init__(self, timings: dict[str, float] | None, device=None):
-        self.timings, self.device = timings, device
-        self.last = 0.0
-
-    def start(self) -> None:
-        if self.timings is not None:
-            self._sync()
-            self.last = time.perf_counter()
-
-    def lap(self, key: str) -> None:
-        if self.timings is not None:
-            self._sync()
-            now = time.perf_counter()
-            self.timings[key] = self.timings.get(key, 0.0) + now - self.last
-            self.last = now
-
-    def _sync(self) -> None:
-        if self.device is not None and self.device.type != "cpu":
-            getattr(torch, self.device.type).synchronize()
 
 
 @dataclass
@@ -103,7 +79,7 @@ class PositionScorer:
         """
         model, k = self.model, self.top_k
         device = input_device(model)
-        clock = _Clock(timings, device)
+        clock = Clock(timings, device)
         input_ids, attention_mask = right_pad(sequences, pad_token_id)
         cols = [scored_positions(lab) for lab in labels]
         rows = np.concatenate([np.full(len(c), row) for row, c in enumerate(cols)])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cache.format import scored_positions
+from ..tokens import scored_positions
 
 
 def require_vllm():

@@ -40,10 +40,12 @@ import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ..sealed_files import atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
+from ..sealed_files import ShardedMetadata, atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
+from ..tokens import scored_positions, tokenizer_fingerprint, tokenizer_vocab_size  # noqa: F401  (likewise)
 
 FORMAT_VERSION = 2  # 2: crc32 covers sample_ids; content fingerprint; columns; head size
 METADATA_FILE = "metadata.json"
@@ -67,8 +69,10 @@ def columns_name(index: int) -> str:
 
 
 @dataclass
-class CacheMetadata:
-    """What made the cache (teacher, tokenizer, settings) and how it is cut into shards."""
+class CacheMetadata(ShardedMetadata):
+    """What made the cache (teacher, tokenizer, settings) and how it is cut into shards (of prepared rows)."""
+
+    ROWS_FIELD: ClassVar[str] = "num_samples"
 
     teacher: str
     tokenizer_fingerprint: str
@@ -86,21 +90,6 @@ class CacheMetadata:
     tokenization: dict = field(default_factory=dict)
     trl_edge_version: str = ""
     format_version: int = FORMAT_VERSION
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_samples // self.shard_size)
-
-    def shard_range(self, index: int) -> tuple[int, int]:
-        """The prepared rows ``[start, stop)`` that shard ``index`` holds."""
-        start = index * self.shard_size
-        return start, min(start + self.shard_size, self.num_samples)
-
-    def settings(self) -> dict:
-        """The fields two runs must agree on to write into the same cache."""
-        out = asdict(self)
-        out.pop("trl_edge_version")
-        return out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -129,25 +118,6 @@ class CacheMetadata:
         return meta
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of what token ids mean: the vocabulary and the added tokens (ids and strings), nothing else.
-
-    Which token serves as padding or EOS is left out: TRL sets ``pad_token = eos_token`` on a tokenizer without one,
-    and that changes no id.
-    """
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    added = sorted((int(i), str(getattr(t, "content", t))) for i, t in tokenizer.added_tokens_decoder.items())
-    payload = json.dumps({"vocab": vocab, "added": added}, ensure_ascii=False).encode()
-    return hashlib.sha256(payload).hexdigest()[:32]
-
-
-def tokenizer_vocab_size(tokenizer) -> int:
-    """How many ids the tokenizer can produce (its vocabulary with added tokens), whatever a model's head holds."""
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    return len(tokenizer)
-
-
 def sample_id(input_ids: np.ndarray, labels: np.ndarray) -> bytes:
     """A content id: the same tokens and loss mask give the same id, whatever the row's position."""
     h = hashlib.blake2b(digest_size=SAMPLE_ID_BYTES)
@@ -169,8 +139,3 @@ def sample_crc(*parts: np.ndarray) -> int:
     for part in parts:
         crc = zlib.crc32(np.ascontiguousarray(part).view(np.uint8).reshape(-1), crc)
     return crc
-
-
-def scored_positions(labels: np.ndarray) -> np.ndarray:
-    """Positions ``t`` whose next token carries loss: where the teacher's distribution is kept."""
-    return np.flatnonzero(np.asarray(labels)[1:] != -100)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..batch import right_pad
 from ..data_columns import read_table
+from ..tokens import scored_positions, tokenizer_fingerprint
 from .encoding import CacheCorruptionError, get_encoding
 from .format import (
     CacheError,
@@ -21,10 +22,8 @@ from .format import (
     columns_name,
     file_sha256,
     sample_crc,
-    scored_positions,
     seal_name,
     shard_name,
-    tokenizer_fingerprint,
 )
 
 _INDEX_TENSORS = ("token_offsets", "position_offsets", "blob_offsets", "sample_ids", "crc32")

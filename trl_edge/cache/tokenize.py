@@ -2,15 +2,16 @@
 
 Rather than re-implementing SFT's preparation (chat template, EOS, completion/assistant masks, truncation,
 dropping fully masked rows), this calls ``SFTTrainer._prepare_dataset`` itself on a stand-in for the trainer
-that carries the three attributes it reads.
+that carries the three attributes it reads (``trl_edge.compat.prepare_dataset_like_sft``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from types import SimpleNamespace
 
 from datasets import Dataset
+
+from ..compat import prepare_dataset_like_sft
 
 
 @dataclass
@@ -32,7 +33,6 @@ class SFTTokenization:
 
 def prepare_like_sft(dataset: Dataset, processing_class, tokenization: SFTTokenization | None = None) -> Dataset:
     """``input_ids`` and ``labels`` (-100 where SFT computes no loss) for every row, in the dataset's order."""
-    from trl import SFTTrainer
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
     from trl.data_utils import is_conversational
 
@@ -51,9 +51,5 @@ def prepare_like_sft(dataset: Dataset, processing_class, tokenization: SFTTokeni
         raise ValueError(
             "`assistant_only_loss=True` needs a conversational dataset (`messages` or prompt/completion)."
         )
-    stand_in = SimpleNamespace(_tokenizer=tokenizer, chat_template=chat_template, completion_only_loss=completion_only)
-    args = SimpleNamespace(**vars(tok), shuffle_dataset=False, packing_strategy="bfd")
-    prepared = SFTTrainer._prepare_dataset(
-        stand_in, dataset, processing_class, args, packing=False, formatting_func=None, dataset_name="cache"
-    )
-    return prepared
+    return prepare_dataset_like_sft(dataset, processing_class, vars(tok), tokenizer=tokenizer,
+                                    chat_template=chat_template, completion_only_loss=completion_only)  # fmt: skip

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,14 @@ from safetensors.numpy import save
 from tqdm.auto import tqdm
 
 from ..backends import check_backend
-from ..backends.transformers_backend import PositionScorer, _Clock
+from ..backends.transformers_backend import PositionScorer
 from ..batch import pad_token_id
-from ..data_columns import passthrough_columns, ragged_column, table_bytes
+from ..clock import Clock
+from ..data_columns import table_bytes
 from ..devices import partial_state
 from ..model_loading import load_causal_lm, model_name
 from ..sealed_files import is_sealed, prepare_output
+from ..tokens import tokenizer_fingerprint, tokenizer_vocab_size
 from .encoding import get_encoding
 from .format import (
     METADATA_FILE,
@@ -41,71 +42,14 @@ from .format import (
     columns_name,
     content_fingerprint,
     sample_crc,
-    sample_id,
     seal_name,
     shard_name,
-    tokenizer_fingerprint,
-    tokenizer_vocab_size,
 )
+from .plan import ScoringPlan, plan_from_dataset
 from .reader import TeacherLogitCache
-from .tokenize import SFTTokenization, prepare_like_sft
+from .tokenize import SFTTokenization
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ScoringPlan:
-    """The exact token sequences to score, in order, with what describes them (the cache's content)."""
-
-    input_ids: np.ndarray  # int32, all samples concatenated
-    labels: np.ndarray  # int32, -100 where there is no loss
-    offsets: np.ndarray  # int64 [S + 1]
-    sample_ids: np.ndarray  # uint8 [S, 16]
-    columns: dict = field(default_factory=dict)  # name -> list, the passed-through columns
-    source: dict = field(default_factory=dict)  # provenance of the sequences (a rollout set's)
-    tokenization: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def sequence(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = self.offsets[i], self.offsets[i + 1]
-        return self.input_ids[a:b], self.labels[a:b]
-
-    @classmethod
-    def from_prepared(cls, prepared, columns: list[str] | None = None, **info) -> ScoringPlan:
-        """From a dataset with ``input_ids`` and ``labels`` columns (and the columns to pass through)."""
-        if prepared._indices is not None:
-            prepared = prepared.flatten_indices()
-        ids, offsets = ragged_column(prepared, "input_ids")
-        labels, label_offsets = ragged_column(prepared, "labels")
-        if not np.array_equal(offsets, label_offsets):
-            raise ValueError("`input_ids` and `labels` differ in length in some rows: they must align token by token.")
-        columns = passthrough_columns(prepared) if columns is None else columns
-        return cls.from_arrays(ids, labels, offsets, {name: prepared[name] for name in columns}, **info)
-
-    @classmethod
-    def from_arrays(cls, input_ids, labels, offsets, columns: dict, **info) -> ScoringPlan:
-        """From concatenated ids and labels cut by ``offsets``; each sample's content id computed here."""
-        input_ids, labels = np.asarray(input_ids, dtype=np.int32), np.asarray(labels, dtype=np.int32)
-        sample_ids = np.zeros((len(offsets) - 1, 16), dtype=np.uint8)
-        for i in range(len(offsets) - 1):
-            a, b = offsets[i], offsets[i + 1]
-            sample_ids[i] = np.frombuffer(sample_id(input_ids[a:b], labels[a:b]), dtype=np.uint8)
-        return cls(input_ids, labels, np.asarray(offsets, dtype=np.int64), sample_ids, columns, **info)
-
-
-def plan_from_dataset(dataset, processing_class, tokenization: SFTTokenization | None = None) -> ScoringPlan:
-    """What the teacher scores for ``dataset``: a rollout set token for token, anything else as SFT tokenizes it."""
-    if hasattr(dataset, "scoring_plan"):  # a RolloutSet (duck-typed: the rollout module builds on this one)
-        return dataset.scoring_plan()
-    tokenization = tokenization or SFTTokenization()
-    prepared = prepare_like_sft(dataset, processing_class, tokenization)
-    if len(prepared) == 0:
-        raise ValueError(
-            "No sample is left after tokenization (all fully masked or truncated away): nothing to score."
-        )
-    return ScoringPlan.from_prepared(prepared, tokenization=vars(tokenization).copy())
 
 
 def _cache_vocabulary(tokenizer, head_size: int, teacher: str, say) -> int:
@@ -256,7 +200,7 @@ def cache_teacher_logits(
     with tqdm(total=total, desc=f"Caching teacher logits (rank {state.process_index})", unit="sample",
               disable=not state.is_local_main_process) as bar:  # fmt: skip
         for index in todo:
-            _write_shard(scorer, codec, plan, meta, directory, index, batch_size, bar, state, _Clock(timings))
+            _write_shard(scorer, codec, plan, meta, directory, index, batch_size, bar, state, Clock(timings))
     state.wait_for_everyone()
     return TeacherLogitCache(directory, tokenizer=tokenizer)
 

@@ -11,9 +11,7 @@ import importlib
 import os
 from pathlib import Path
 
-# What accelerate warns about ("were not passed to `accelerate launch` and had defaults used instead") when no
-# config file is found: the same defaults, said explicitly.
-_LAUNCH_DEFAULTS = {"--num_processes": "1", "--num_machines": "1", "--mixed_precision": "no", "--dynamo_backend": "no"}
+from ..launch_flags import LAUNCH_DEFAULTS, cpu_threads_flag
 
 
 def _subtract_subsequence(items: list[str], subsequence: list[str]) -> list[str]:
@@ -66,44 +64,15 @@ def _explicit_defaults(launch_args: list[str]) -> list[str]:
     if "--config_file" in launch_args or _default_config_exists():
         return launch_args
     given = {a.split("=", 1)[0] for a in launch_args if a.startswith("--")}
-    extra = [x for flag, value in _LAUNCH_DEFAULTS.items() if flag not in given for x in (flag, value)]
+    extra = [x for flag, value in LAUNCH_DEFAULTS.items() if flag not in given for x in (flag, value)]
     return extra + launch_args
 
 
-def cpu_threads_flag(config_file: str | os.PathLike | None, launch_args: list[str] = ()) -> list[str]:
-    """``--num_cpu_threads_per_process`` as accelerate would pick it for a CPU config, said explicitly.
-
-    On a CPU config without ``OMP_NUM_THREADS``, accelerate sets the threads to the physical cores per local process
-    and warns that it did on every launch; passing its own choice keeps the behaviour and drops the warning.
-    """
-    if config_file is None or os.environ.get("OMP_NUM_THREADS") or "--num_cpu_threads_per_process" in launch_args:
-        return []
-    import psutil
-    import yaml
-
-    try:
-        config = yaml.safe_load(Path(config_file).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return []  # accelerate will say what is wrong with the file
-    if not config.get("use_cpu"):
-        return []
-    local = max(int(config.get("num_processes", 1) or 1) // max(int(config.get("num_machines", 1) or 1), 1), 1)
-    threads = int((psutil.cpu_count(logical=False) or 1) / local)
-    return ["--num_cpu_threads_per_process", str(threads)] if threads > 1 else []
-
-
-def launch_flags(config_file: str | os.PathLike | None) -> list[str]:
-    """The ``accelerate launch`` flags of a stage: its config file (with the CPU threads said), else the defaults."""
-    if config_file:
-        return ["--config_file", str(config_file), *cpu_threads_flag(config_file)]
-    return [x for flag_value in _LAUNCH_DEFAULTS.items() for x in flag_value]
-
-
-def launch_script(name: str, argv: list[str], prog: str) -> int:
+def launch_script(module_name: str, argv: list[str], prog: str) -> int:
     """Parse ``argv`` with the script's parser (so ``--help`` and bad flags fail here), then launch the script."""
     from accelerate.commands.launch import launch_command, launch_command_parser
 
-    module = importlib.import_module(f"trl_edge.scripts.{name}")
+    module = importlib.import_module(module_name)
     parser = module.make_parser(prog=prog)
     try:
         *_, config_remaining, cli_remaining = parser.parse_args_and_config(

@@ -18,33 +18,14 @@ from __future__ import annotations
 import sys
 from argparse import ArgumentParser
 
-# command -> (module in trl_edge.scripts, help)
-SCRIPTS = {
-    "sft": ("sft", "Curriculum SFT (CurriculumSFTTrainer), launched with accelerate"),
-    "rollout": ("rollout", "On-policy data: the student samples completions of a prompt set (token-exact)"),
-    "teacher-answers": ("teacher_answers", "The teacher writes the SFT answers of a prompt set"),
-    "cache": (
-        "cache_teacher",
-        "Cache teacher logits once for offline distillation; `cache verify DIR` checks a cache",
-    ),
-    "kd": ("kd", "Offline on-policy distillation from a teacher cache (OfflineOnPolicyKDTrainer)"),
-}
-
 
 def build_parser() -> ArgumentParser:
+    from ..pipeline.stages import KINDS
+
     parser = ArgumentParser(prog="trl-edge", allow_abbrev=False, description="Post-train small LMs for edge devices.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_, help_text) in SCRIPTS.items():
-        subparsers.add_parser(name, help=help_text, add_help=False)
-    subparsers.add_parser(
-        "export", help="fp16-safety report, fp16 safetensors and static-shape ONNX for ATC", add_help=False
-    )
-    subparsers.add_parser(
-        "make-student", help="Depth-prune a teacher into a student: N evenly spaced layers", add_help=False
-    )
-    subparsers.add_parser(
-        "eval", help="Evaluate a checkpoint: teacher fidelity, generation quality, lm-eval benchmarks", add_help=False
-    )
+    for kind in KINDS.values():  # every stage kind is a subcommand
+        subparsers.add_parser(kind.command, help=kind.help, add_help=False)
     subparsers.add_parser(
         "pipeline", help="The whole method as one resumable job, stage by stage, with a report", add_help=False
     )
@@ -80,17 +61,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return make_student_command(argv[1:])
     if args.command == "eval":  # in this process: one model, no accelerate launch
-        from ..scripts.evaluate import run
+        from ..scripts.eval import run
 
         return run(argv[1:], prog="trl-edge eval")
     if args.command == "cache" and argv[1:2] == ["verify"]:
         from .verify import verify_cache
 
         return verify_cache(argv[2:])
+    from ..pipeline.stages import KINDS
     from .launch import launch_script
 
-    module, _ = SCRIPTS[args.command]
-    return launch_script(module, argv[1:], prog=f"trl-edge {args.command}")
+    kind = KINDS[args.command.replace("-", "_")]  # a launched stage kind: the other commands returned above
+    return launch_script(kind.script_module, argv[1:], prog=f"trl-edge {args.command}")
 
 
 if __name__ == "__main__":

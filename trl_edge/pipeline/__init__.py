@@ -1,11 +1,14 @@
 """The whole method as one resumable job: a declarative list of stages, each in its own process, and a report."""
 
-from .config import STAGE_KINDS, PipelineConfig, PipelineError
+from .config import PipelineConfig
 from .report import write_report
 from .runner import PipelineRunner, artifact_hash
+from .stages import KINDS, STAGE_KINDS, PipelineError, StageKind
 
 __all__ = [
+    "KINDS",
     "STAGE_KINDS",
+    "StageKind",
     "PipelineConfig",
     "PipelineError",
     "PipelineRunner",

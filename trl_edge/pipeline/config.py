@@ -35,14 +35,9 @@ from pathlib import Path
 
 import yaml
 
-STAGE_KINDS = ("make_student", "teacher_answers", "sft", "rollout", "cache", "kd", "eval", "export")
-MODEL_KINDS = ("make_student", "sft", "kd")  # the stages whose output becomes `@model`
-RESERVED = ("name", "kind", "accelerate_config", "evaluate")
+from .stages import STAGE_KINDS, PipelineError
+
 _REFERENCE = re.compile(r"^@(?P<name>[A-Za-z0-9_.-]+)(?:\[(?P<offset>-?\d+)\])?(?P<sub>/.*)?$")
-
-
-class PipelineError(ValueError):
-    """A pipeline file that cannot run as written: say what, where, and how to fix it."""
 
 
 @dataclass

@@ -22,17 +22,17 @@ from pathlib import Path
 import yaml
 
 from ..sealed_files import atomic_write
-from .config import MODEL_KINDS, PipelineConfig, PipelineError, StageSpec, parse_reference
-from .stages import KINDS, latest_checkpoint, validate_script_config
+from .config import PipelineConfig, StageSpec, parse_reference
+from .stages import KINDS, MODEL_KINDS, PipelineError, latest_checkpoint, validate_script_config
 
 RECORD = "stage.json"
 STARTED = "stage.started.json"  # the key a stage started with: a resume is only a resume of the same work
 # Files that differ between two runs of the same stage without changing what it made (timings, the paths it was
-# given, provenance naming them): left out of its hash, which covers the weights, shards and data themselves.
-VOLATILE_FILES = frozenset(
-    ("training_args.bin", "trainer_state.json", "log.txt", "README.md", "config.yaml", RECORD, STARTED,
-     "metadata.json", "rollouts.json", "student_provenance.json", "export_report.json")
-)  # fmt: skip
+# given, provenance naming them): left out of its hash, which covers the weights, shards and data themselves. The
+# runner's own, and each kind's (its table entry).
+VOLATILE_FILES = frozenset(("log.txt", "config.yaml", RECORD, STARTED)).union(
+    *(kind.volatile_files for kind in KINDS.values())
+)
 
 
 @dataclass
@@ -171,8 +171,6 @@ class PipelineRunner:
                     settings[f"{key}_weights"] = [weights[i] for i in kept]
         directory = self._stage_dir(spec)
         config = kind.script_config(settings, directory, spec.round)
-        if spec.kind == "teacher_answers":
-            config.setdefault("rollouts_dir", str(directory / "rollouts"))
         accelerate = self._resolve_value(spec.accelerate_config, spec, inputs)
         if accelerate is not None and not Path(accelerate).is_file():
             raise PipelineError(f"stage {spec.name!r}: accelerate_config {accelerate!r} is not a file "

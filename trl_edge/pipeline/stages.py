@@ -8,34 +8,72 @@ stage's memory is released before the next stage starts.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PipelineError
+
+class PipelineError(ValueError):
+    """A pipeline file that cannot run as written: say what, where, and how to fix it."""
+
+
+# Files a trainer leaves next to its weights that differ between two runs of the same stage (transformers' names)
+_TRAINER_FILES = ("training_args.bin", "trainer_state.json", "README.md")
 
 
 @dataclass(frozen=True)
 class StageKind:
-    command: str  # the `trl-edge` subcommand (its script module, for the stages run under accelerate launch)
+    """One kind of stage, everything the pipeline file, the runner and the ``trl-edge`` console script know of it.
+
+    Its ``name`` is how a pipeline file spells it (``kind: teacher_answers``) and its script module's name
+    (``trl_edge.scripts.teacher_answers``); its ``command`` is the ``trl-edge`` subcommand (``teacher-answers``).
+    """
+
+    name: str
+    help: str  # the `trl-edge` subcommand's help
     artifact: str  # the stage's main artifact, inside its directory
     model_key: str | None  # the config key naming the model the stage loads (None: the stage takes no model)
     dataset_key: str | None  # the config key naming its data
     launched: bool  # run under accelerate launch (accepts --accelerate_config)
+    script: bool = True  # a TrlParser script in trl_edge.scripts (config as --config FILE); else an argparse command
     trains: bool = False  # a trainer: resumes from its latest checkpoint
+    makes_model: bool = False  # its output is the current student (`@model`) for the stages after it
+    # Files of its artifact that differ between two runs of the same work (timings, the paths it was given,
+    # provenance naming them): left out of the artifact's hash. The owners' constants (test_pipeline pins them).
+    volatile_files: tuple[str, ...] = ()
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    @property
+    def script_module(self) -> str | None:
+        return f"trl_edge.scripts.{self.name}" if self.script else None
+
+    def dataclass_types(self) -> tuple | None:
+        """Its script's config dataclasses (None for an argparse command)."""
+        if not self.script:
+            return None
+        return importlib.import_module(self.script_module).dataclass_types()
 
     def script_config(self, settings: dict, stage_dir: Path, round_: int | None) -> dict:
         """The stage script's configuration: the stage's settings, with the names the script uses."""
         config = dict(settings)
         out = stage_dir / self.artifact
-        if self.model_key and "model" in config:
+        if self.model_key and "model" in config:  # every stage names its model `model`; its script, as it likes
+            if self.model_key != "model" and self.model_key in config:
+                raise PipelineError(f"A {self.name} stage takes its model once: as `model` or as `{self.model_key}`, "
+                                    "not both.")  # fmt: skip
             config[self.model_key] = config.pop("model")
         if self.dataset_key and "dataset" in config and self.dataset_key != "dataset":
             config[self.dataset_key] = config.pop("dataset")
         config["output_dir"] = str(out)
-        if self.command == "rollout" and round_ is not None:
+        if self.name == "rollout" and round_ is not None:
             config.setdefault("round", round_)
             config["seed"] = int(config.get("seed", 0)) + round_  # each round draws afresh
+        if self.name == "teacher_answers":
+            config.setdefault("rollouts_dir", str(stage_dir / "rollouts"))
         return config
 
     def argv(self, config_path: Path, config: dict, accelerate_config: str | None) -> list[str]:
@@ -45,13 +83,12 @@ class StageKind:
         checked its config), so the stage pays for one Python start, not two.
         """
         if self.launched:
-            from ..cli.launch import launch_flags
+            from ..launch_flags import launch_flags
 
-            module = f"trl_edge.scripts.{SCRIPT_MODULES[self.command]}"
             return [sys.executable, "-m", "accelerate.commands.launch", *launch_flags(accelerate_config),
-                    "-m", module, "--config", str(config_path)]  # fmt: skip
+                    "-m", self.script_module, "--config", str(config_path)]  # fmt: skip
         base = [sys.executable, "-m", "trl_edge.cli.main", self.command]
-        if self.command in ("make-student", "export"):  # plain argparse commands: the config as flags
+        if not self.script:  # plain argparse commands: the config as flags
             return base + _flags(config)
         return base + ["--config", str(config_path)]
 
@@ -70,19 +107,26 @@ def _flags(config: dict) -> list[str]:
     return args
 
 
-SCRIPT_MODULES = {"sft": "sft", "rollout": "rollout", "teacher-answers": "teacher_answers", "cache": "cache_teacher",
-                  "kd": "kd"}  # fmt: skip
-
-KINDS = {
-    "make_student": StageKind("make-student", "model", "teacher", None, launched=False),
-    "teacher_answers": StageKind("teacher-answers", "answers", "model_name_or_path", "dataset", launched=True),
-    "sft": StageKind("sft", "model", "model_name_or_path", "dataset_name", launched=True, trains=True),
-    "rollout": StageKind("rollout", "rollouts", "model_name_or_path", "dataset", launched=True),
-    "cache": StageKind("cache", "cache", None, "dataset", launched=True),
-    "kd": StageKind("kd", "model", "model_name_or_path", None, launched=True, trains=True),
-    "eval": StageKind("eval", "eval", "model", None, launched=False),
-    "export": StageKind("export", "export", "model_path", None, launched=False),
-}
+KINDS = {kind.name: kind for kind in (
+    StageKind("make_student", "Depth-prune a teacher into a student: N evenly spaced layers", "model", "teacher",
+              None, launched=False, script=False, makes_model=True, volatile_files=("student_provenance.json",)),
+    StageKind("teacher_answers", "The teacher writes the SFT answers of a prompt set", "answers",
+              "model_name_or_path", "dataset", launched=True),
+    StageKind("sft", "Curriculum SFT (CurriculumSFTTrainer), launched with accelerate", "model", "model_name_or_path",
+              "dataset_name", launched=True, trains=True, makes_model=True, volatile_files=_TRAINER_FILES),
+    StageKind("rollout", "On-policy data: the student samples completions of a prompt set (token-exact)", "rollouts",
+              "model_name_or_path", "dataset", launched=True, volatile_files=("rollouts.json",)),
+    StageKind("cache", "Cache teacher logits once for offline distillation; `cache verify DIR` checks a cache",
+              "cache", "teacher", "dataset", launched=True, volatile_files=("metadata.json",)),
+    StageKind("kd", "Offline on-policy distillation from a teacher cache (OfflineOnPolicyKDTrainer)", "model",
+              "model_name_or_path", None, launched=True, trains=True, makes_model=True, volatile_files=_TRAINER_FILES),
+    StageKind("eval", "Evaluate a checkpoint: teacher fidelity, generation quality, lm-eval benchmarks", "eval",
+              "model", None, launched=False),
+    StageKind("export", "fp16-safety report, fp16 safetensors and static-shape ONNX for ATC", "export", "model_path",
+              None, launched=False, script=False, volatile_files=("export_report.json",)),
+)}  # fmt: skip
+STAGE_KINDS = tuple(KINDS)
+MODEL_KINDS = tuple(name for name, kind in KINDS.items() if kind.makes_model)  # the stages whose output is `@model`
 
 
 def latest_checkpoint(output_dir: Path) -> str | None:
@@ -102,7 +146,7 @@ def validate_script_config(kind: str, config: dict, where: str) -> None:
     import difflib
     from dataclasses import fields
 
-    dataclass_types = _dataclass_types(kind)
+    dataclass_types = KINDS[kind].dataclass_types()
     if dataclass_types is None:
         return
     known = {f.name for cls in dataclass_types for f in fields(cls)}
@@ -117,43 +161,4 @@ def parse_script_config(kind: str, config: dict):
     """The stage script's dataclasses built from ``config``, as the stage's process will build them."""
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(_dataclass_types(kind)).parse_dict(config, allow_extra_keys=False)
-
-
-def _dataclass_types(kind: str):
-    if kind == "sft":
-        from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
-
-        from ..trainer.curriculum_sft_config import CurriculumSFTConfig
-
-        return (ScriptArguments, CurriculumSFTConfig, ModelConfig, DatasetMixtureConfig)
-    if kind == "kd":
-        from trl import ModelConfig
-
-        from ..trainer.offline_kd_config import OfflineOnPolicyKDConfig
-
-        return (OfflineOnPolicyKDConfig, ModelConfig)
-    if kind == "rollout":
-        from ..scripts.rollout import RolloutArguments
-
-        return (RolloutArguments,)
-    if kind == "teacher_answers":
-        from ..scripts.teacher_answers import TeacherAnswersArguments
-
-        return (TeacherAnswersArguments,)
-    if kind == "cache":
-        from ..scripts.cache_teacher import CacheTeacherArguments
-
-        return (CacheTeacherArguments,)
-    if kind == "eval":
-        from ..model_loading import ModelLoading
-        from ..scripts.evaluate import EvalArguments
-
-        return (EvalArguments, ModelLoading)
-    return None
-
-
-def check_kind(kind: str) -> StageKind:
-    if kind not in KINDS:
-        raise PipelineError(f"Unknown stage kind {kind!r}; choose one of {', '.join(KINDS)}.")
-    return KINDS[kind]
+    return HfArgumentParser(KINDS[kind].dataclass_types()).parse_dict(config, allow_extra_keys=False)

@@ -5,8 +5,7 @@ The data is a teacher cache (``teacher_cache``, made by ``trl-edge cache``); Mod
 
 from __future__ import annotations
 
-import argparse
-
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.training_run import set_model_init_kwargs, train_and_save
 
 
@@ -27,17 +26,17 @@ def main(training_args, model_args):
     return train_and_save(trainer, training_args)
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import ModelConfig, TrlParser
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    from trl import ModelConfig
 
     from trl_edge.trainer.offline_kd_config import OfflineOnPolicyKDConfig
 
-    dataclass_types = (OfflineOnPolicyKDConfig, ModelConfig)
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "kd", help="Offline distillation from a teacher cache", dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types, prog=prog)
+    return (OfflineOnPolicyKDConfig, ModelConfig)
+
+
+def make_parser(prog: str | None = None):
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

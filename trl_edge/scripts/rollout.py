@@ -6,9 +6,9 @@ every accelerate rank samples its own shards, and rerunning the same command res
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.loading import load_dataset_dict
 
 
@@ -87,12 +87,13 @@ def main(args: RolloutArguments):
     return rollouts
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (RolloutArguments,)
 
-    if subparsers is not None:
-        return subparsers.add_parser("rollout", help="Sample student rollouts", dataclass_types=[RolloutArguments])
-    return TrlParser([RolloutArguments], prog=prog)
+
+def make_parser(prog: str | None = None):
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

@@ -7,8 +7,7 @@ data files or a dataset saved with ``save_to_disk``, so recipes run offline.
 
 from __future__ import annotations
 
-import argparse
-
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.loading import load_dataset_dict
 from trl_edge.scripts.training_run import set_model_init_kwargs, train_and_save
 
@@ -54,15 +53,17 @@ def main(script_args, training_args, model_args, dataset_args):
     return train_and_save(trainer, training_args, dataset_name=script_args.dataset_name)
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments
 
     from trl_edge import CurriculumSFTConfig
 
-    dataclass_types = (ScriptArguments, CurriculumSFTConfig, ModelConfig, DatasetMixtureConfig)
-    if subparsers is not None:
-        return subparsers.add_parser("sft", help="Run curriculum SFT", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+    return (ScriptArguments, CurriculumSFTConfig, ModelConfig, DatasetMixtureConfig)
+
+
+def make_parser(prog: str | None = None):
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

@@ -8,12 +8,12 @@ The teacher writes the SFT answers for a prompt set, so that the SFT data and th
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.loading import load_dataset_dict
 
 
@@ -101,12 +101,13 @@ def main(args: TeacherAnswersArguments):
     state.wait_for_everyone()
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (TeacherAnswersArguments,)
 
-    if subparsers is not None:
-        return subparsers.add_parser("teacher-answers", dataclass_types=[TeacherAnswersArguments])
-    return TrlParser([TeacherAnswersArguments], prog=prog)
+
+def make_parser(prog: str | None = None):
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

@@ -22,11 +22,47 @@ from ..curriculum.sampler import CurriculumSampler
 from ..curriculum.scorers import ColumnScorer, LengthScorer, ReferenceModelScorer, UniformScorer, difficulty_ranks
 
 
+def _reference_scorer(trainer):
+    """A reference model's loss per example, on the accelerator, each rank scoring its own slice."""
+    from ..batch import pad_token_id
+    from ..model_loading import load_causal_lm
+
+    args = trainer.args
+    reference = args.curriculum_reference_model
+    if reference is None:
+        reference = trainer.accelerator.unwrap_model(trainer.model)
+    else:
+        init = args.model_init_kwargs or {}
+        reference = load_causal_lm(
+            reference,
+            revision=init.get("revision"),
+            dtype=init.get("dtype", "auto"),
+            trust_remote_code=init.get("trust_remote_code", False),
+            device=trainer.accelerator.device,
+        )
+    return ReferenceModelScorer(
+        reference,
+        batch_size=args.curriculum_reference_batch_size,
+        pad_token_id=pad_token_id(trainer.processing_class),
+        state=trainer.accelerator.state,
+    )
+
+
+# name -> factory(trainer) -> scorer(dataset) -> one score per row: the difficulty sources of a curriculum, the one
+# registry the configs take their choices from and the trainers their scorers (a trainer extends it with its own)
+DIFFICULTY_SOURCES: dict[str, Callable] = {
+    "length": lambda trainer: LengthScorer(),
+    "column": lambda trainer: ColumnScorer(trainer.args.curriculum_difficulty_column),
+    "reference": _reference_scorer,
+    "none": lambda trainer: UniformScorer(),
+}
+
+
 @dataclass
 class CurriculumArguments:
     """The ``curriculum_*`` fields of a trl-edge training config (see [`~trl_edge.CurriculumSampler`])."""
 
-    difficulty_sources: ClassVar[tuple[str, ...]] = ("length", "column", "reference", "none")
+    difficulty_sources: ClassVar[dict[str, Callable]] = DIFFICULTY_SOURCES  # the trainer's: see CurriculumMixin
 
     curriculum_pacing: str = field(
         default="linear",
@@ -68,7 +104,7 @@ class CurriculumArguments:
             "help": "Where difficulty comes from: `length` (tokens), `column` (`curriculum_difficulty_column`), "
             "`reference` (loss of `curriculum_reference_model`), `none` (no ordering inside a stage); when "
             "distilling from a cache also `teacher_nll` / `teacher_entropy` (the teacher's view of each sample).",
-            "choices": ["length", "column", "reference", "none", "teacher_nll", "teacher_entropy"],
+            "choices": list(DIFFICULTY_SOURCES),
         },
     )
     curriculum_difficulty_column: str = field(
@@ -150,47 +186,16 @@ class CurriculumArguments:
         )
 
 
-def _reference_scorer(trainer):
-    """A reference model's loss per example, on the accelerator, each rank scoring its own slice."""
-    from ..batch import pad_token_id
-    from ..model_loading import load_causal_lm
-
-    args = trainer.args
-    reference = args.curriculum_reference_model
-    if reference is None:
-        reference = trainer.accelerator.unwrap_model(trainer.model)
-    else:
-        init = args.model_init_kwargs or {}
-        reference = load_causal_lm(
-            reference,
-            revision=init.get("revision"),
-            dtype=init.get("dtype", "auto"),
-            trust_remote_code=init.get("trust_remote_code", False),
-            device=trainer.accelerator.device,
-        )
-    return ReferenceModelScorer(
-        reference,
-        batch_size=args.curriculum_reference_batch_size,
-        pad_token_id=pad_token_id(trainer.processing_class),
-        state=trainer.accelerator.state,
-    )
-
-
 class CurriculumMixin:
     """Feeds a TRL trainer's examples in curriculum order (stages, then easy to hard inside each).
 
-    A trainer class lists it before its TRL base, calls ``_check_curriculum_inputs`` before its base ``__init__`` and
+    ``CurriculumEdgeTrainer`` composes it with its TRL base: ``_check_curriculum_inputs`` before the base ``__init__``,
     ``_init_curriculum`` after it. Logs ``curriculum/competence``, ``curriculum/stage`` and the mean difficulty (raw
     score and CDF rank) of the samples trained on since the last log.
     """
 
-    # name -> factory(trainer) -> scorer(dataset) -> one score per row; the config's ``difficulty_sources`` name them
-    difficulty_sources: ClassVar[dict[str, Callable]] = {
-        "length": lambda trainer: LengthScorer(),
-        "column": lambda trainer: ColumnScorer(trainer.args.curriculum_difficulty_column),
-        "reference": _reference_scorer,
-        "none": lambda trainer: UniformScorer(),
-    }
+    # name -> factory(trainer) -> scorer(dataset): the same registry as the config's ``difficulty_sources``
+    difficulty_sources: ClassVar[dict[str, Callable]] = DIFFICULTY_SOURCES
 
     @staticmethod
     def _check_curriculum_inputs(args, train_dataset) -> None:

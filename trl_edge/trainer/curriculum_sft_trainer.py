@@ -7,18 +7,14 @@ drops every column but ``input_ids``/``labels`` before the dataloader is built).
 
 from __future__ import annotations
 
-from trl import SFTTrainer
-
-from ..devices import check_process_group
-from .curriculum import CurriculumMixin
+from .curriculum_edge_trainer import CurriculumEdgeTrainer
 from .curriculum_sft_config import CurriculumSFTConfig
-from .edge_precision import EdgePrecisionMixin
 
 
-class CurriculumSFTTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
+class CurriculumSFTTrainer(CurriculumEdgeTrainer):
     """[`~trl.SFTTrainer`] that feeds examples in curriculum order (stages, then easy to hard inside each).
 
-    Takes every SFTTrainer argument, plus:
+    Takes every SFTTrainer argument (positional or by name, as SFTTrainer does), plus:
 
     Args:
         difficulty_scorer: overrides ``args.curriculum_difficulty``: a callable ``scorer(dataset) -> scores``
@@ -29,15 +25,5 @@ class CurriculumSFTTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "trl-edge", "curriculum"]
-
-    def __init__(self, model, args: CurriculumSFTConfig | None = None, *pargs, difficulty_scorer=None, **kwargs):
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = CurriculumSFTConfig(f"{str(name).split('/')[-1]}-CurriculumSFT")
-        if not isinstance(args, CurriculumSFTConfig):
-            raise TypeError(f"CurriculumSFTTrainer needs a CurriculumSFTConfig, got {type(args).__name__}.")
-        self._check_curriculum_inputs(args, kwargs.get("train_dataset", pargs[1] if len(pargs) > 1 else None))
-        super().__init__(model, args, *pargs, **kwargs)
-        check_process_group(self.accelerator.num_processes)
-        self._init_edge_precision()
-        self._init_curriculum(difficulty_scorer)
+    config_class = CurriculumSFTConfig
+    default_run_name = "CurriculumSFT"

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from trl import SFTConfig
 
-from ..losses import DIVERGENCES, TAIL_MODES
+from ..losses import KDLossOptions
 from .curriculum import CurriculumArguments
 from .edge_precision import EdgePrecisionArguments
+from .teacher_difficulty import TEACHER_DIFFICULTY_SOURCES
+
+_BOUNDS, _CHOICES = KDLossOptions.BOUNDS, KDLossOptions.CHOICES  # the loss's own statement of what it accepts
 
 
 @dataclass
@@ -23,11 +27,7 @@ class OfflineOnPolicyKDConfig(CurriculumArguments, EdgePrecisionArguments, SFTCo
     against the teacher's cached top-k distribution; the teacher itself is never loaded.
     """
 
-    difficulty_sources: ClassVar[tuple[str, ...]] = (
-        *CurriculumArguments.difficulty_sources,
-        "teacher_nll",
-        "teacher_entropy",
-    )
+    difficulty_sources: ClassVar[dict[str, Callable]] = TEACHER_DIFFICULTY_SOURCES  # the trainer's
 
     teacher_cache: list[str] | None = field(
         default=None,
@@ -47,25 +47,40 @@ class OfflineOnPolicyKDConfig(CurriculumArguments, EdgePrecisionArguments, SFTCo
     eval_teacher_cache: str | None = field(
         default=None, metadata={"help": "A held-out teacher cache to evaluate on (the eval dataset)."}
     )
-    kd_weight: float = field(default=0.9, metadata={"help": "Weight of the distillation term; CE gets the rest."})
+    kd_weight: float = field(
+        default=0.9,
+        metadata={"help": f"Weight of the distillation term, in {_BOUNDS['kd_weight']}; CE gets the rest."},
+    )
     divergence: str = field(
         default="forward_kl",
-        metadata={"help": "Divergence between the cached teacher and the student.", "choices": list(DIVERGENCES)},
+        metadata={
+            "help": "Divergence between the cached teacher and the student.",
+            "choices": list(_CHOICES["divergence"]),
+        },
     )
     beta: float = field(
         default=0.5,
-        metadata={"help": "Generalized JSD interpolation (TRL's convention: 0 = forward KL, 1 = reverse KL)."},
+        metadata={
+            "help": f"Generalized JSD interpolation, in {_BOUNDS['beta']} (TRL's convention: 0 = forward KL, 1 = "
+            "reverse KL)."
+        },
     )
-    skew_alpha: float = field(default=0.1, metadata={"help": "Skew of the skew KL divergences (DistiLLM)."})
+    skew_alpha: float = field(
+        default=0.1, metadata={"help": f"Skew of the skew KL divergences (DistiLLM), in {_BOUNDS['skew_alpha']}."}
+    )
     temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature for both distributions; the loss is scaled by T^2."}
+        default=1.0,
+        metadata={
+            "help": f"Softmax temperature for both distributions, in {_BOUNDS['temperature']}; the loss is "
+            "scaled by T^2."
+        },
     )
     tail: str = field(
         default="bucket",
         metadata={
             "help": "The teacher's probability outside its cached top-k: kept as one 'everything else' outcome "
             "(bucket) or dropped by renormalising both distributions over the top-k (renormalize).",
-            "choices": list(TAIL_MODES),
+            "choices": list(_CHOICES["tail"]),
         },
     )
     kd_chunk_size: int | None = field(
@@ -84,7 +99,7 @@ class OfflineOnPolicyKDConfig(CurriculumArguments, EdgePrecisionArguments, SFTCo
         metadata={
             "help": "Difficulty for a curriculum: `teacher_nll` (the teacher's mean NLL of the sample's tokens), "
             "`teacher_entropy` (estimated from its cached top-k), or any CurriculumSFTConfig source.",
-            "choices": ["length", "column", "reference", "none", "teacher_nll", "teacher_entropy"],
+            "choices": list(TEACHER_DIFFICULTY_SOURCES),
         },
     )
 
@@ -103,17 +118,10 @@ class OfflineOnPolicyKDConfig(CurriculumArguments, EdgePrecisionArguments, SFTCo
             if any(w < 0 for w in self.teacher_cache_weights) or sum(self.teacher_cache_weights) <= 0:
                 raise ValueError(f"`teacher_cache_weights` must be >= 0 with a positive sum, got "
                                  f"{self.teacher_cache_weights}.")  # fmt: skip
-        if self.divergence not in DIVERGENCES:
-            raise ValueError(f"Unknown `divergence` {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}.")
-        if self.tail not in TAIL_MODES:
-            raise ValueError(f"Unknown `tail` {self.tail!r}; choose one of {', '.join(TAIL_MODES)}.")
-        if not 0.0 <= self.kd_weight <= 1.0:
-            raise ValueError(f"`kd_weight` must be in [0, 1], got {self.kd_weight}.")
-        if not 0.0 <= self.beta <= 1.0:
-            raise ValueError(f"`beta` must be in [0, 1], got {self.beta}.")
-        if not 0.0 < self.skew_alpha < 1.0:
-            raise ValueError(f"`skew_alpha` must be in (0, 1), got {self.skew_alpha}.")
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, got {self.temperature}.")
+        self.kd_loss_options()  # the loss's options, checked against its bounds now, not at the first step
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"`kd_chunk_size` must be >= 1, got {self.kd_chunk_size}.")
+
+    def kd_loss_options(self) -> KDLossOptions:
+        """What the loss is, as :func:`~trl_edge.losses.chunked_kd_loss` takes it (checked against its bounds)."""
+        return KDLossOptions(**{f.name: getattr(self, f.name) for f in fields(KDLossOptions)})

@@ -15,18 +15,16 @@ import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
 from transformers.trainer_utils import IntervalStrategy
-from trl import SFTTrainer
 
 from ..backends.transformers_backend import check_plain_lm_head
 from ..batch import pad_token_id
 from ..cache.format import CacheError
 from ..cache.reader import TeacherLogitCache, collate_samples
-from ..curriculum.scorers import ColumnScorer
-from ..devices import check_process_group
+from ..compat import count_train_tokens, log_trainer_metric
 from ..losses import chunked_kd_loss
-from .curriculum import CurriculumMixin
-from .edge_precision import EdgePrecisionMixin
+from .curriculum_edge_trainer import CurriculumEdgeTrainer
 from .offline_kd_config import OfflineOnPolicyKDConfig
+from .teacher_difficulty import TEACHER_DIFFICULTY_SOURCES, TeacherDifficultyScorer  # noqa: F401  (its home before)
 
 TEACHER_KEYS = ("teacher_mask", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_logprobs")
 
@@ -43,22 +41,6 @@ class CachedKDCollator:
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         samples = [self.caches[int(e["cache_id"])][int(e["cache_index"])] for e in examples]
         return collate_samples(samples, self.caches[0].metadata.top_k, self.pad_token_id)
-
-
-class TeacherDifficultyScorer:
-    """The teacher's view of each row's sample, read from its cache (``teacher_nll`` or ``teacher_entropy``)."""
-
-    def __init__(self, caches: list[TeacherLogitCache], kind: str):
-        self.caches, self.kind = caches, kind
-
-    def __call__(self, dataset: Dataset) -> np.ndarray:
-        cache_ids, indices = np.asarray(dataset["cache_id"]), np.asarray(dataset["cache_index"])
-        scores = np.zeros(len(dataset))
-        for cache_id in np.unique(cache_ids):
-            rows = np.flatnonzero(cache_ids == cache_id)
-            cache = self.caches[int(cache_id)]
-            scores[rows] = cache.teacher_difficulty(self.kind, indices[rows], show_progress=True)
-        return scores
 
 
 def open_cache(cache) -> TeacherLogitCache:
@@ -107,7 +89,7 @@ def index_dataset(caches: list[TeacherLogitCache], rows: list[np.ndarray] | None
     return concatenate_datasets([p.select_columns([c for c in p.column_names if c in shared]) for p in parts])
 
 
-class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
+class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
     """Trains a student on teacher logit caches: ``kd_weight * divergence + (1 - kd_weight) * CE`` per token.
 
     A drop-in for TRL's GKDTrainer / DistillationTrainer users whose teacher has already scored the data once (see
@@ -130,21 +112,14 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
     """
 
     _tag_names = ["trl", "sft", "trl-edge", "knowledge-distillation", "offline-kd"]
+    config_class = OfflineOnPolicyKDConfig
+    default_run_name = "OfflineKD"
     loss_is_scaled_for_ga = True
-    difficulty_sources = {
-        **CurriculumMixin.difficulty_sources,
-        "length": lambda trainer: ColumnScorer("num_tokens"),
-        "teacher_nll": lambda trainer: TeacherDifficultyScorer(trainer.teacher_caches, "teacher_nll"),
-        "teacher_entropy": lambda trainer: TeacherDifficultyScorer(trainer.teacher_caches, "teacher_entropy"),
-    }
+    difficulty_sources = TEACHER_DIFFICULTY_SOURCES
 
     def __init__(self, model, args: OfflineOnPolicyKDConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, difficulty_scorer=None, **kwargs):  # fmt: skip
-        if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
-            args = OfflineOnPolicyKDConfig(f"{str(name).split('/')[-1]}-OfflineKD")
-        if not isinstance(args, OfflineOnPolicyKDConfig):
-            raise TypeError(f"OfflineOnPolicyKDTrainer needs an OfflineOnPolicyKDConfig, got {type(args).__name__}.")
+        args = self._resolve_args(model, args)
         source = train_dataset if train_dataset is not None else args.teacher_cache
         if source is None or (isinstance(source, list | tuple) and not source):
             raise ValueError(
@@ -159,7 +134,7 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
         self.teacher_caches = [open_cache(c) for c in sources]
         self.teacher_cache = self.teacher_caches[0]
         eval_source = eval_dataset if eval_dataset is not None else args.eval_teacher_cache
-        eval_caches = [open_cache(eval_source)] if eval_source is not None else []
+        self.eval_caches = eval_caches = [open_cache(eval_source)] if eval_source is not None else []
         caches = self.teacher_caches + eval_caches
         if len({c.metadata.top_k for c in caches}) > 1:
             raise CacheError(
@@ -175,15 +150,15 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
             evaluation = eval_caches[0].to_dataset()
             evaluation = evaluation.add_column("cache_id", [len(self.teacher_caches)] * len(evaluation))
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-        collator = CachedKDCollator(caches)
-        self._check_curriculum_inputs(args, train)
         super().__init__(
-            model, args, data_collator=collator, train_dataset=train, eval_dataset=evaluation,
-            processing_class=processing_class, **kwargs,
+            model, args, data_collator=CachedKDCollator(caches), train_dataset=train, eval_dataset=evaluation,
+            processing_class=processing_class, difficulty_scorer=difficulty_scorer, **kwargs,
         )  # fmt: skip
-        check_process_group(self.accelerator.num_processes)
+
+    def _finish_trainer_setup(self) -> None:
+        caches = self.teacher_caches + self.eval_caches
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        collator.pad_token_id = pad_token_id(tokenizer)
+        self.data_collator.pad_token_id = pad_token_id(tokenizer)
         unwrapped = self.accelerator.unwrap_model(self.model)
         head = unwrapped.get_output_embeddings()
         for cache in caches:
@@ -201,8 +176,7 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
             )
         # num_items_in_batch (the token count over accumulation steps and devices) is what the loss divides by.
         self.model_accepts_loss_kwargs = True
-        self._init_edge_precision()
-        self._init_curriculum(difficulty_scorer)
+        self.kd_loss_options = self.args.kd_loss_options()
 
     def _check_sampling_consistency(self) -> None:
         """``sampled_reverse_kl`` is an estimator over the student's own samples at temperature 1: say so when the
@@ -271,12 +245,7 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
             teacher["teacher_topk_logprobs"][:, :-1][mask],
             teacher["teacher_token_logprobs"][:, :-1][mask],
             input_ids[:, 1:][mask],
-            kd_weight=args.kd_weight,
-            divergence=args.divergence,
-            beta=args.beta,
-            skew_alpha=args.skew_alpha,
-            temperature=args.temperature,
-            tail=args.tail,
+            options=self.kd_loss_options,
             normalizer=normalizer,
             chunk_size=args.kd_chunk_size,
             compute_stats=self._is_logging_step(),
@@ -303,8 +272,6 @@ class OfflineOnPolicyKDTrainer(CurriculumMixin, EdgePrecisionMixin, SFTTrainer):
         *values, count = self.accelerator.gather_for_metrics(sums[None]).sum(0).tolist()
         count = max(count, 1.0)
         for name, value in zip(stats, values):
-            self._metrics[mode][name].append(value / count)
+            log_trainer_metric(self, mode, name, value / count)
         if mode == "train":
-            tokens = self.accelerator.gather_for_metrics(attention_mask.sum()[None]).sum().item()
-            self._total_train_tokens += tokens
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            count_train_tokens(self, self.accelerator.gather_for_metrics(attention_mask.sum()[None]).sum().item())

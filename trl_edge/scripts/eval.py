@@ -9,7 +9,6 @@ seconds each), for a pipeline to read.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl_edge.model_loading import ModelLoading
+from trl_edge.scripts import script_parser
 
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # run as a file, this folder would shadow the `evaluate` package with this very script
@@ -219,14 +219,13 @@ def main(args: EvalArguments, loading: ModelLoading | None = None) -> dict[str, 
     return metrics
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (EvalArguments, ModelLoading)
 
-    if subparsers is not None:
-        return subparsers.add_parser(
-            "eval", help="Evaluate a checkpoint", dataclass_types=[EvalArguments, ModelLoading]
-        )
-    return TrlParser([EvalArguments, ModelLoading], prog=prog)
+
+def make_parser(prog: str | None = None):
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -6,9 +6,9 @@ together they write one cache. Rerunning the same command resumes an interrupted
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
+from trl_edge.scripts import script_parser
 from trl_edge.scripts.loading import load_dataset_dict
 
 
@@ -123,12 +123,13 @@ def main(args: CacheTeacherArguments):
     return cache
 
 
-def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
-    from trl import TrlParser
+def dataclass_types() -> tuple:
+    """The dataclasses of this script's config (a pipeline checks its stage's keys against them)."""
+    return (CacheTeacherArguments,)
 
-    if subparsers is not None:
-        return subparsers.add_parser("cache", help="Cache teacher logits", dataclass_types=[CacheTeacherArguments])
-    return TrlParser([CacheTeacherArguments], prog=prog)
+
+def make_parser(prog: str | None = None):
+    return script_parser(dataclass_types(), prog)
 
 
 def run(argv: list[str] | None = None):

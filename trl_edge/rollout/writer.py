@@ -1,17 +1,8 @@
-"""On-policy data: the current student samples completions of a prompt set, token-exactly, resumably.
+"""Sample a prompt set with the current student, token-exactly, into a sharded, sealed, resumable rollout set.
 
-``generate_rollouts`` writes a **rollout set**: a directory of Arrow shards (never pickle), each written atomically
-and sealed with its sha256, plus ``metadata.json`` with the provenance (the policy and a hash of its weights, the
-round, the sampling settings and seed, the trl-edge version). Per sample it keeps the prompt's token ids and the
-exact sampled completion ids (nothing is decoded and re-tokenized), why the sample ended (``eos``: the stop token
-the model sampled is its last token; ``length``: cut at ``max_new_tokens``, no end token added), the log-prob of
-every sampled token under the sampling distribution (what an importance weight or off-policy correction needs), the
-prompt and sample index, and the prompt dataset's own columns (a stage label, an id).
-
-Shard ``i`` holds the samples of prompts ``[i * shard_size, (i + 1) * shard_size)``; each accelerate rank samples
-shards ``rank, rank + world, ...``, so the ranks cover every prompt exactly once, and each shard's draw is seeded
-from ``(seed, shard)``, so a rerun after a kill, or a run on another number of ranks, gives the same set.
-``cache_teacher_logits`` scores a rollout set's exact ids (``RolloutSet.scoring_plan``).
+Each accelerate rank samples shards ``rank, rank + world, ...``, so the ranks cover every prompt exactly once, and
+each shard's draw is seeded from ``(seed, shard)``, so a rerun after a kill, or a run on another number of ranks,
+gives the same set.
 """
 
 from __future__ import annotations
@@ -19,96 +10,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backends import check_backend
-from .batch import pad_token_id
-from .cache.format import tokenizer_fingerprint
-from .data_columns import passthrough_columns, read_table, table_bytes
-from .devices import partial_state
-from .model_loading import load_causal_lm, model_name
-from .sealed_files import atomic_write, file_sha256, is_sealed, prepare_output
-
-METADATA_FILE = "rollouts.json"
-ROLLOUT_FORMAT_VERSION = 1
-
-
-class RolloutError(ValueError):
-    """A rollout set that cannot be used as it is: incomplete, corrupted, or made with other settings."""
-
-
-@dataclass
-class SamplingSettings:
-    """How the policy samples: the knobs of the sampling distribution and how many samples per prompt."""
-
-    num_samples: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    max_new_tokens: int = 256
-    seed: int = 0
-    stop_token_ids: list[int] = field(default_factory=list)
-
-    def check(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1, got {self.num_samples}.")
-        if self.temperature < 0:
-            raise ValueError(f"`temperature` must be >= 0 (0: greedy), got {self.temperature}.")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {self.top_p}.")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"`top_k` must be >= 0 (0 or None: off), got {self.top_k}.")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"`max_new_tokens` must be >= 1, got {self.max_new_tokens}.")
-
-
-@dataclass
-class RolloutMetadata:
-    """Where a rollout set came from, and how it is cut into shards."""
-
-    policy: str
-    policy_hash: str
-    tokenizer_fingerprint: str
-    prompts_fingerprint: str
-    num_prompts: int
-    shard_size: int
-    sampling: dict
-    round: int | None = None
-    backend: str = "transformers"
-    columns: list[str] = field(default_factory=list)
-    trl_edge_version: str = ""
-    format_version: int = ROLLOUT_FORMAT_VERSION
-
-    @property
-    def num_shards(self) -> int:
-        return -(-self.num_prompts // self.shard_size)
-
-    def shard_range(self, index: int) -> tuple[int, int]:
-        start = index * self.shard_size
-        return start, min(start + self.shard_size, self.num_prompts)
-
-    def settings(self) -> dict:
-        """What two runs must agree on to write into the same rollout set."""
-        out = asdict(self)
-        out.pop("trl_edge_version")
-        return out
-
-    def provenance(self) -> dict:
-        """What a teacher cache made from this set records about it."""
-        keep = ("policy", "policy_hash", "round", "sampling", "backend", "prompts_fingerprint", "trl_edge_version")
-        return {"kind": "rollouts", **{k: v for k, v in asdict(self).items() if k in keep}}
-
-
-def shard_file(index: int) -> str:
-    return f"rollouts-{index:05d}.arrow"
-
-
-def seal_file(index: int) -> str:
-    return f"rollouts-{index:05d}.json"
+from ..backends import check_backend
+from ..batch import pad_token_id
+from ..compat import tokenize_like_sft
+from ..data_columns import passthrough_columns, table_bytes
+from ..devices import partial_state
+from ..model_loading import load_causal_lm, model_name
+from ..sealed_files import atomic_write, file_sha256, prepare_output
+from ..tokens import tokenizer_fingerprint
+from .format import (
+    METADATA_FILE,
+    RolloutError,
+    RolloutMetadata,
+    SamplingSettings,
+    seal_file,
+    settings_in,
+    shard_file,
+    shard_is_sealed,
+)
+from .reader import RolloutSet
 
 
 def weights_hash(model) -> str:
@@ -126,7 +52,7 @@ def weights_hash(model) -> str:
 def tokenize_prompts(dataset, processing_class) -> list[list[int]]:
     """Each row's ``prompt`` (conversational or plain text) as SFTTrainer tokenizes a prompt: a conversational one
     through the chat template with the generation prompt, a string with the tokenizer itself."""
-    from trl.data_utils import _tokenize, is_conversational
+    from trl.data_utils import is_conversational
 
     if "prompt" not in dataset.column_names:
         raise ValueError(
@@ -138,7 +64,7 @@ def tokenize_prompts(dataset, processing_class) -> list[list[int]]:
         kwargs = {"add_generation_prompt": True} if is_conversational(row) else {}
         if row.get("tools") is not None:
             kwargs["tools"] = json.loads(row["tools"]) if isinstance(row["tools"], str) else row["tools"]
-        ids = _tokenize(processing_class, row["prompt"], **kwargs)["input_ids"]
+        ids = tokenize_like_sft(processing_class, row["prompt"], **kwargs)["input_ids"]
         out.append([int(i) for i in ids])
     return out
 
@@ -220,7 +146,7 @@ def generate_rollouts(
         name = model_name(policy if isinstance(policy, str | os.PathLike) else model)
         policy_hash = weights_hash(model)
     else:
-        from .backends.vllm_backend import VLLMEngine
+        from ..backends.vllm_backend import VLLMEngine
 
         engine = VLLMEngine.load(
             policy, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code,
@@ -241,14 +167,14 @@ def generate_rollouts(
         trl_edge_version=trl_edge.__version__,
     )  # fmt: skip
     prepare_output(
-        directory, METADATA_FILE, meta.settings(), _settings_in, json.dumps(asdict(meta), indent=2, sort_keys=True)
+        directory, METADATA_FILE, meta.settings(), settings_in, json.dumps(asdict(meta), indent=2, sort_keys=True)
         .encode(), overwrite=overwrite, is_main=state.is_main_process, error=RolloutError, what="rollouts",
     )  # fmt: skip
     state.wait_for_everyone()
 
     kept = {c: dataset[c] for c in columns}
     mine = range(state.process_index, meta.num_shards, state.num_processes)
-    todo = [i for i in mine if not _is_sealed(directory, i)]
+    todo = [i for i in mine if not shard_is_sealed(directory, i)]
     total = sum(meta.shard_range(i)[1] - meta.shard_range(i)[0] for i in todo)
     with tqdm(total=total, desc=f"Sampling rollouts (rank {state.process_index})", unit="prompt",
               disable=not state.is_local_main_process) as bar:  # fmt: skip
@@ -276,7 +202,7 @@ def _directory_hash(path) -> str:
 
 def _sample_shard(model, prompts, sampling: SamplingSettings, pad, batch_size, seed, bar):
     """Samples of one shard's prompts, in length-grouped batches, each seeded from the shard's seed."""
-    from .backends.transformers_backend import sample_completions
+    from ..backends.transformers_backend import sample_completions
 
     order = np.argsort([-len(p) for p in prompts], kind="stable")
     results: list = [None] * len(prompts)
@@ -320,73 +246,3 @@ def _write_shard(directory: Path, index: int, start: int, prompts, samples, kept
     seal = {"shard": index, "rows": len(typed["prompt_index"]), "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(), "written_by": rank}  # fmt: skip
     atomic_write(directory / seal_file(index), json.dumps(seal, indent=2).encode())
-
-
-def _is_sealed(directory: Path, index: int, warn: bool = True) -> bool:
-    return is_sealed(directory / seal_file(index), {"sha256": directory / shard_file(index)}, warn=warn)
-
-
-def _settings_in(directory: Path) -> dict:
-    return RolloutMetadata(**json.loads((directory / METADATA_FILE).read_text())).settings()
-
-
-class RolloutSet:
-    """A rollout set on disk: its provenance (``metadata``) and its samples, as a ``datasets.Dataset`` or a
-    scoring plan for the teacher cache."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        meta_path = self.path / METADATA_FILE
-        if not meta_path.is_file():
-            raise RolloutError(f"{self.path} is not a rollout set: it has no {METADATA_FILE}. Make one with "
-                               "`trl-edge rollout` or `trl_edge.generate_rollouts`.")  # fmt: skip
-        self.metadata = RolloutMetadata(**json.loads(meta_path.read_text()))
-        missing = [shard_file(i) for i in range(self.metadata.num_shards) if not _is_sealed(self.path, i, warn=False)]
-        if missing:
-            raise RolloutError(
-                f"The rollout set at {self.path} is incomplete or corrupted: {', '.join(missing[:5])} "
-                f"{'is missing or fails its seal' if len(missing) == 1 else 'are missing or fail their seals'}. "
-                "Rerun the same rollout command (same output_dir) to finish it."
-            )
-        self._dataset = None
-
-    @staticmethod
-    def is_rollout_set(path) -> bool:
-        return path is not None and (Path(path) / METADATA_FILE).is_file()
-
-    def to_dataset(self):
-        """Every sample as a row: prompt/sample index, ``prompt_ids``, ``completion_ids``, ``logprobs``,
-        ``finish_reason`` and the prompt dataset's own columns, in prompt order."""
-        if self._dataset is None:
-            import pyarrow as pa
-            from datasets import Dataset
-
-            tables = [read_table((self.path / shard_file(i)).read_bytes()) for i in range(self.metadata.num_shards)]
-            self._dataset = Dataset(pa.concat_tables(tables))
-        return self._dataset
-
-    def __len__(self) -> int:
-        return len(self.to_dataset())
-
-    def __getitem__(self, index: int) -> dict:
-        return self.to_dataset()[index]
-
-    def scoring_plan(self):
-        """What the teacher scores: each prompt + completion token for token, loss on the completion only."""
-        from .cache.writer import ScoringPlan
-
-        ds = self.to_dataset()
-        prompts, completions = ds["prompt_ids"], ds["completion_ids"]
-        seqs = [np.asarray(p + c, dtype=np.int32) for p, c in zip(prompts, completions)]
-        labs = [np.asarray([-100] * len(p) + c, dtype=np.int32) for p, c in zip(prompts, completions)]
-        keep = ["prompt_index", "sample_index", "finish_reason", *self.metadata.columns]
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
-        return ScoringPlan.from_arrays(
-            np.concatenate(seqs), np.concatenate(labs), offsets, {c: ds[c] for c in keep},
-            source=self.metadata.provenance(), tokenization={"rollouts": True},
-        )  # fmt: skip
-
-    def __repr__(self) -> str:
-        m = self.metadata
-        return (f"RolloutSet({str(self.path)!r}, policy={m.policy!r}, prompts={m.num_prompts}, "
-                f"samples_per_prompt={m.sampling['num_samples']}, round={m.round})")  # fmt: skip
