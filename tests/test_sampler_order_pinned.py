@@ -98,7 +98,7 @@ def test_the_order_is_bit_identical_to_the_pinned_one(name):
 
 
 def loop_schedule(sampler: CurriculumSampler, epoch: int):
-    """The original implementation, one position at a time: the reference the vectorised schedule is checked against."""
+    """The original implementation, one position at a time: the reference for the vectorised schedule."""
 
     class Pool:
         def __init__(self, order):

@@ -22,6 +22,7 @@ from ..batch import pad_token_id
 from ..cache.format import CacheError
 from ..cache.reader import TeacherLogitCache, collate_samples
 from ..curriculum.scorers import ColumnScorer
+from ..data_columns import scalar_column
 from ..devices import check_process_group
 from ..losses import chunked_kd_loss
 from .curriculum import CurriculumMixin
@@ -52,7 +53,7 @@ class TeacherDifficultyScorer:
         self.caches, self.kind = caches, kind
 
     def __call__(self, dataset: Dataset) -> np.ndarray:
-        cache_ids, indices = np.asarray(dataset["cache_id"]), np.asarray(dataset["cache_index"])
+        cache_ids, indices = scalar_column(dataset, "cache_id"), scalar_column(dataset, "cache_index")
         scores = np.zeros(len(dataset))
         for cache_id in np.unique(cache_ids):
             rows = np.flatnonzero(cache_ids == cache_id)
