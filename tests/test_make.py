@@ -48,7 +48,7 @@ def test_make_quickstart_and_make_test_from_a_clean_clone(tmp_path):
     flags = f"QUICKSTART_FLAGS=--until student --set stages.0.num_layers=2 --output_dir {out}"
     log = make(clone, "quickstart", *settings, flags, env=env)
     assert "pip install" in log  # the first command set the environment up
-    assert (out / "01-student/config.json").exists()
+    assert (out / "00-student/model/config.json").exists()
     installed = subprocess.run(
         [str(venv / "bin/python"), "-c", "import trl_edge; print(trl_edge.__file__)"],
         env=env, capture_output=True, text=True, check=True,
