@@ -51,7 +51,7 @@ def test_make_quickstart_and_make_test_from_a_clean_clone(tmp_path):
     assert (out / "00-student/model/config.json").exists()
     installed = subprocess.run(
         [str(venv / "bin/python"), "-c", "import trl_edge; print(trl_edge.__file__)"],
-        env=env, capture_output=True, text=True, check=True,
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert Path(installed.strip()).is_relative_to(clone)  # the venv runs the clone's code
 
