@@ -91,7 +91,9 @@ def _plots(data: dict, output_dir: Path) -> list[str]:
 
     written = []
     if data["loss_curves"]:
-        _loss_plot(plt, data, output_dir / "loss_curves.png")
+        fig = loss_figure(plt, data)
+        fig.savefig(output_dir / "loss_curves.png", dpi=110)
+        plt.close(fig)
         written.append("loss_curves.png")
     students = [e for e in data["evaluations"] if e["model"] != "teacher"]
     names = [m for m in HEADLINE if any(m in e["metrics"] for e in data["evaluations"])]
@@ -137,7 +139,7 @@ def cumulative_offsets(data: dict) -> dict[str, int]:
     return offsets
 
 
-def _loss_plot(plt, data: dict, path: Path) -> None:
+def loss_figure(plt, data: dict):
     """Cross-entropy (SFT's loss, KD's CE term) above, the KD divergence below, each stage at its place on one
     cumulative step axis with its boundaries marked and named: the curves read as one training run."""
     curves, offsets = data["loss_curves"], cumulative_offsets(data)
@@ -163,15 +165,14 @@ def _loss_plot(plt, data: dict, path: Path) -> None:
                        textcoords="offset points", ha="left", va="top", fontsize=7, rotation=90, color="dimgray")
     for ax in axes[:, 0]:
         ax.axvline(end, color="gray", linewidth=0.6, linestyle="--")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     ce_ax.set(ylabel="cross-entropy (nats/token)", title="Training loss per stage, on the run's cumulative steps")
     if kd_ax is not None:
         kd_ax.set(ylabel="KD divergence")
     axes[-1][0].set(xlabel="optimizer step (cumulative over the pipeline's training stages)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _markdown(data: dict, plots: list[str], source: str | None) -> str:
