@@ -22,8 +22,9 @@ from pathlib import Path
 import yaml
 
 from ..sealed_files import atomic_write
+from .checkpoints import resumable_checkpoint
 from .config import MODEL_KINDS, PipelineConfig, PipelineError, StageSpec, parse_reference
-from .stages import KINDS, latest_checkpoint, validate_script_config
+from .stages import KINDS, validate_script_config
 
 RECORD = "stage.json"
 STARTED = "stage.started.json"  # the key a stage started with: a resume is only a resume of the same work
@@ -266,7 +267,10 @@ class PipelineRunner:
         atomic_write(stage.directory / STARTED, json.dumps({"key": key, "payload": payload}, default=str).encode())
         config = dict(stage.config)
         if kind.trains:
-            checkpoint = latest_checkpoint(stage.directory / kind.artifact)
+            checkpoint, incomplete = resumable_checkpoint(stage.directory / kind.artifact)
+            for path, problem in incomplete:  # a kill during its save: resume from the one before, write it anew
+                self.echo(f"[{spec.dir_name}] removing incomplete {Path(path).name}: {problem}")
+                shutil.rmtree(path)
             if checkpoint is not None:
                 config["resume_from_checkpoint"] = checkpoint
                 self.echo(f"[{spec.dir_name}] resuming from {checkpoint}")
