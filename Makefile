@@ -9,13 +9,14 @@
 # Variables: PYTHON (the interpreter that creates the venv), VENV (its directory; point it at an existing virtual
 # environment to use that one), VENV_FLAGS (default --system-site-packages), QUICKSTART_FLAGS (extra `trl-edge
 # pipeline` flags, e.g. QUICKSTART_FLAGS="--until student" or "--dry_run"), TESTS (what pytest runs, default tests),
-# PYTEST_FLAGS (extra pytest flags).
+# PYTEST_WORKERS (pytest-xdist processes, default 2: one per core of CI's machine), PYTEST_FLAGS (extra pytest flags).
 
 PYTHON ?= python3
 VENV ?= .venv
 VENV_FLAGS ?= --system-site-packages
 QUICKSTART_FLAGS ?=
 TESTS ?= tests
+PYTEST_WORKERS ?= 2
 PYTEST_FLAGS ?=
 TORCH ?= torch==2.13.0
 
@@ -44,4 +45,4 @@ lint: install
 	$(BIN)/python -m ruff check $(LINTED)
 
 test: lint
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(TESTS) $(PYTEST_FLAGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(TESTS) -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_FLAGS)
