@@ -2,8 +2,8 @@
 
 The clone gets its own virtual environment, which reuses the packages the running interpreter already has (so the
 test downloads nothing): where pytest runs outside a virtual environment, `make` creates it (`--system-site-packages`);
-inside one (CI's `.venv`), the test creates it with a path file onto the running environment's site-packages, and
-`make` installs into it. The quickstart is cut short with `QUICKSTART_FLAGS` (its first stage, on a 2-layer
+inside one (CI's `.venv`), the test creates it with a path file onto every site-packages the running interpreter
+sees, and `make` installs into it. The quickstart is cut short with `QUICKSTART_FLAGS` (its first stage, on a 2-layer
 student), the tests with `TESTS` (one test file); what is checked is the setup both share and that a second run
 installs nothing.
 """
@@ -39,7 +39,8 @@ def test_make_quickstart_and_make_test_from_a_clean_clone(tmp_path):
     if sys.prefix != sys.base_prefix:  # running inside a virtual environment: give the clone's one its packages
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         site = next((venv / "lib").glob("python*/site-packages"))
-        (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        outer = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+        (site / "outer.pth").write_text("".join(f"{p}\n" for p in [sysconfig.get_paths()["purelib"], *outer]))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the clone's own trl_edge, as a user has it
     env["HF_HUB_OFFLINE"] = "1"
     settings = [f"PYTHON={sys.executable}", f"VENV={venv}"]
