@@ -115,6 +115,31 @@ def old_to_dataset(cache, limit: int):
     return Dataset.from_list(rows)
 
 
+def old_schedule(sampler, epoch: int, limit: int) -> None:
+    """The first ``limit`` positions of an epoch the way the sampler built them before: one Python step per position
+    (its pools as Python lists, the pacing called per position)."""
+    import math
+
+    n, orders, starts = sampler.num_samples, sampler._stage_orders, sampler._stage_starts
+    rng = np.random.default_rng([sampler.seed, int(epoch)])
+    draws = rng.random(n)
+    progress = np.minimum((epoch * n + np.arange(n)) / sampler.total_samples, 1.0)
+    stage = np.searchsorted(starts, progress, side="right") - 1
+    fresh, sizes = [[] for _ in orders], [0] * len(orders)
+    for i in range(limit):
+        s = int(stage[i])
+        local = (progress[i] - starts[s]) / sampler.stage_shares[s]
+        c = float(sampler.pacing(min(max(local, 0.0), 1.0)))
+        size = max(1, math.ceil(c * orders[s].size - 1e-9))
+        if size > sizes[s]:
+            fresh[s].extend(orders[s][sizes[s] : size].tolist())
+            sizes[s] = size
+        if fresh[s]:
+            j = int(draws[i] * len(fresh[s]))
+            fresh[s][j], fresh[s][-1] = fresh[s][-1], fresh[s][j]
+            fresh[s].pop()
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from trl_edge import OfflineOnPolicyKDConfig, OfflineOnPolicyKDTrainer, TeacherLogitCache
@@ -128,6 +153,9 @@ def main(argv=None) -> dict:
         index_s, dataset = timed(lambda: cache.to_dataset())
         nll_s, nll = timed(lambda: cache.teacher_difficulty("teacher_nll"))
         old_s, _ = timed(lambda: old_to_dataset(cache, args.old_samples))
+        head = dataset.select(range(min(args.old_samples, len(dataset))))
+        old_columns_s, _ = timed(lambda: [np.asarray(head["cache_index"]) for _ in ("cache_id", "cache_index")])
+        old_columns_s *= args.num_samples / len(head)  # the curriculum scorer's column read before (a row at a time)
         trainer_s = {}
         for name, extra in (("random order", {}), ("teacher_nll curriculum", {"curriculum_pacing": "linear"})):
             config = OfflineOnPolicyKDConfig(
@@ -142,12 +170,19 @@ def main(argv=None) -> dict:
 
             trainer_s[name], trainer = timed(build)
             assert len(trainer.train_dataset) == args.num_samples
+        sampler = trainer.curriculum_sampler  # the curriculum run's: its first epoch's order, built at the first step
+        schedule_s, _ = timed(lambda: sampler.schedule(0))
+        old_schedule_s, _ = timed(lambda: old_schedule(sampler, 0, min(args.old_samples, sampler.num_samples)))
+        old_schedule_s *= sampler.num_samples / min(args.old_samples, sampler.num_samples)
         size = sum(p.stat().st_size for p in directory.iterdir())
     results = {
         "num_samples": args.num_samples, "tokens_per_sample": args.seq_len, "scored_per_sample": args.positions,
         "cache_bytes": size, "write_s": write_s, "open_s": open_s, "to_dataset_s": index_s, "teacher_nll_s": nll_s,
         "old_to_dataset_s_scaled": old_s * args.num_samples / args.old_samples, "old_samples_timed": args.old_samples,
-        "old_to_dataset_s_measured": old_s, "trainer_init_s": trainer_s, "nll_finite": bool(np.isfinite(nll).all()),
+        "old_to_dataset_s_measured": old_s, "trainer_init_s": trainer_s,
+        "curriculum_schedule_s": schedule_s,
+        "old_column_read_s_scaled": old_columns_s, "old_curriculum_schedule_s_scaled": old_schedule_s,
+        "nll_finite": bool(np.isfinite(nll).all()),
     }  # fmt: skip
     print(table(results))
     Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +204,12 @@ def table(r: dict) -> str:
         f"| before: train dataset from per-token Python lists (timed on {r['old_samples_timed']:,}, scaled) | "
         f"{r['old_to_dataset_s_scaled']:.1f} |",
         *(f"| whole `OfflineOnPolicyKDTrainer(...)`, {name} | {s:.2f} |" for name, s in r["trainer_init_s"].items()),
+        f"| before: the curriculum scorer's `cache_id`/`cache_index` read, `np.asarray(dataset[column])` (timed on "
+        f"{r['old_samples_timed']:,}, scaled; now straight from Arrow) | {r['old_column_read_s_scaled']:.1f} |",
+        f"| the curriculum's first epoch order (`CurriculumSampler.schedule`, at the first step) | "
+        f"{r['curriculum_schedule_s']:.2f} |",
+        f"| before: that order built position by position (timed on {r['old_samples_timed']:,}, scaled) | "
+        f"{r['old_curriculum_schedule_s_scaled']:.1f} |",
     ])  # fmt: skip
 
 

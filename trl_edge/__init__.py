@@ -15,6 +15,7 @@ shield_torch_npu()  # without CANN, torch_npu cannot work and importing it break
 _EXPORTS = {
     "Pacing": "trl_edge.curriculum.pacing",
     "make_pacing": "trl_edge.curriculum.pacing",
+    "competence_at": "trl_edge.curriculum.pacing",
     "CurriculumSampler": "trl_edge.curriculum.sampler",
     "CurriculumSchedule": "trl_edge.curriculum.sampler",
     "LengthScorer": "trl_edge.curriculum.scorers",

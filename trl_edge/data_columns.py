@@ -26,6 +26,12 @@ def ragged_column(dataset, column: str) -> tuple[np.ndarray, np.ndarray]:
     return array.flatten().to_numpy(zero_copy_only=False), offsets - offsets[0]
 
 
+def scalar_column(dataset, column: str) -> np.ndarray:
+    """A column of one value per row as a numpy array, straight from Arrow: ``np.asarray(dataset[column])`` builds a
+    Python object per row (seconds at a million rows)."""
+    return dataset.with_format("arrow")[column].to_numpy()
+
+
 def passthrough_columns(dataset, exclude=()) -> list[str]:
     """The dataset's own scalar columns (a stage label, a difficulty, an id) that should travel with each sample."""
     from datasets import Value

@@ -1,7 +1,7 @@
 """Curriculum learning: difficulty scorers, pacing functions and the sampler that follows them."""
 
-from .pacing import PACING_NAMES, Pacing, make_pacing
-from .sampler import CurriculumSampler, CurriculumSchedule
+from .pacing import PACING_NAMES, Pacing, competence_at, make_pacing
+from .sampler import CurriculumSampler, CurriculumSchedule, fresh_first_draws
 from .scorers import (
     CallableScorer,
     ColumnScorer,
@@ -24,7 +24,9 @@ __all__ = [
     "ReferenceModelScorer",
     "UniformScorer",
     "add_difficulty_column",
+    "competence_at",
     "difficulty_ranks",
+    "fresh_first_draws",
     "make_pacing",
     "sequence_nll",
 ]

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
 
 PacingFn = Callable[[float], float]
 
@@ -101,6 +104,32 @@ class Pacing:
         else:  # exponential
             c = self.c0 ** (1.0 - x)
         return min(c, 1.0)
+
+
+def competence_at(pacing: PacingFn, progress: np.ndarray) -> np.ndarray:
+    """``pacing`` at every point of ``progress`` (a float64 array in [0, 1]), bit-identical to calling it pointwise.
+
+    Built-in schedules are evaluated with array arithmetic; their powers go through Python's ``pow`` (the C library's,
+    as a per-point call does) rather than ``np.power``, whose SIMD kernels may round the last bit differently. Any
+    other callable is called once per point.
+    """
+    progress = np.asarray(progress, dtype=np.float64)
+    if not isinstance(pacing, Pacing):
+        return np.fromiter((float(pacing(t)) for t in progress.tolist()), dtype=np.float64, count=progress.size)
+    if pacing.name == "none":
+        return np.ones_like(progress)
+    if pacing.name == "step":
+        return np.asarray(pacing.levels, dtype=np.float64)[np.searchsorted(pacing.boundaries, progress, "right")]
+    x = np.minimum(np.maximum(progress, 0.0) / pacing.duration, 1.0)
+    if pacing.name in ("linear", "anti"):
+        c = pacing.c0 + (1.0 - pacing.c0) * x
+    elif pacing.name == "root":
+        p = pacing.degree
+        base = (pacing.c0**p + (1.0 - pacing.c0**p) * x).tolist()
+        c = np.fromiter(map(pow, base, repeat(1.0 / p)), dtype=np.float64, count=x.size)
+    else:  # exponential
+        c = np.fromiter(map(pow, repeat(pacing.c0), (1.0 - x).tolist()), dtype=np.float64, count=x.size)
+    return np.minimum(c, 1.0)
 
 
 def make_pacing(pacing: str | PacingFn | Pacing, **kwargs) -> PacingFn:

@@ -8,14 +8,13 @@ uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from .pacing import Pacing, PacingFn, make_pacing
+from .pacing import Pacing, PacingFn, competence_at, make_pacing
 
 
 @dataclass(frozen=True)
@@ -37,26 +36,64 @@ class CurriculumSchedule:
     source: np.ndarray
 
 
-class _Pool:
-    """A growing prefix of an ordered list of indices, drawn fresh-first: every example in the prefix
-    is drawn once before any is drawn again."""
+def fresh_first_draws(order: np.ndarray, sizes: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Draws from a growing prefix of ``order``, every example of the prefix once before any repeats, all at once.
 
-    def __init__(self, order: np.ndarray):
-        self.order = order
-        self.size = 0
-        self.fresh: list[int] = []
+    Draw ``k`` sees the prefix ``order[:sizes[k]]`` (``sizes`` non-decreasing, at least 1) and its uniform number
+    ``draws[k]`` in [0, 1). The rule it computes is sequential: the examples of the prefix not drawn yet sit in a
+    list (newly opened ones appended at its end); a draw takes the one at ``int(u * len)``, moves the last one into
+    its slot and shortens the list; with the list empty it draws ``order[int(u * size)]`` (with replacement).
 
-    def grow_to(self, size: int) -> None:
-        if size > self.size:
-            self.fresh.extend(self.order[self.size : size].tolist())
-            self.size = size
+    Vectorised without a loop over draws: how long the list is before each draw follows from the sizes alone (a
+    queue-length recursion, solved with a running minimum), and so does the slot each draw takes. What a slot holds
+    then is the value of the latest write to it: either the example appended there, or the one a draw moved into it
+    from the list's last slot, which is again a slot read at a known time. Writes are sorted by (slot, time), so
+    each read is answered by its predecessor, and chains of moves are collapsed by pointer jumping (a few rounds).
+    """
+    m = draws.size
+    out = np.empty(m, dtype=np.int64)
+    if m == 0:
+        return out
+    sizes = np.maximum.accumulate(np.asarray(sizes, dtype=np.int64))
+    opened = np.diff(sizes, prepend=0)  # examples appended to the list just before draw k
+    walk = np.cumsum(opened - 1)
+    left = walk - np.minimum(np.minimum.accumulate(walk), 0)  # list length after draw k
+    before = np.concatenate(([0], left[:-1]))
+    length = before + opened  # list length at draw k
+    empty = length == 0
+    out[empty] = order[(draws[empty] * sizes[empty]).astype(np.int64)]
+    k = np.flatnonzero(~empty)
+    if k.size == 0:
+        return out
+    length = length[k]
+    slot = (draws[k] * length).astype(np.int64)
 
-    def draw(self, u: float) -> int:
-        if self.fresh:
-            j = int(u * len(self.fresh))
-            self.fresh[j], self.fresh[-1] = self.fresh[-1], self.fresh[j]
-            return self.fresh.pop()
-        return int(self.order[int(u * self.size)])
+    # Writes, keyed slot * period + time: example a appended at time 2 * (the draw it opened for), draw k's move
+    # into its slot at time 2k + 1 (after that draw read the slot).
+    grown = int(sizes[-1])
+    opened_at = np.repeat(np.arange(m), opened)
+    appended_slot = np.repeat(before - (sizes - opened), opened) + np.arange(grown)
+    period = 2 * m + 2
+    keys = np.concatenate((appended_slot * period + 2 * opened_at, slot * period + 2 * k + 1))
+    by_key = np.argsort(keys)
+    rank = np.empty_like(by_key)
+    rank[by_key] = np.arange(by_key.size)
+    move_rank = rank[grown:]
+    # A move copies what the list's last slot held at that time: the latest write to it before the move.
+    source = np.searchsorted(keys[by_key], (length - 1) * period + 2 * k + 1) - 1
+    target = np.arange(by_key.size)
+    target[move_rank] = source
+    is_move = np.zeros(by_key.size, dtype=bool)
+    is_move[move_rank] = True
+    pending = move_rank[is_move[source]]
+    while pending.size:  # pointer jumping: every move ends at the write that appended its example
+        target[pending] = target[target[pending]]
+        pending = pending[is_move[target[pending]]]
+    value = np.empty(by_key.size, dtype=np.int64)
+    value[rank[:grown]] = order[:grown]
+    # Draw k reads its slot just before its own move into it: the write ranked right before that move.
+    out[k] = value[target[move_rank - 1]]
+    return out
 
 
 class CurriculumSampler(Sampler[int]):
@@ -197,37 +234,33 @@ class CurriculumSampler(Sampler[int]):
         progress = np.minimum((epoch * n + np.arange(n)) / self.total_samples, 1.0)
         stage = np.searchsorted(self._stage_starts, progress, side="right") - 1
 
-        pools = [_Pool(o) for o in self._stage_orders]
-        replay_pools = [None] + [
-            _Pool(np.concatenate(self._stage_orders[:s])) for s in range(1, len(self._stage_orders))
-        ]
-        uniform_pool = _Pool(self._all)
-        uniform_pool.grow_to(self.num_examples)
+        source = np.zeros(n, dtype=np.int8)
+        if self.uniform_after is not None:
+            source[progress >= self.uniform_after] = 2
+        source[(source == 0) & (stage > 0) & (replay_draws < self.replay_ratio)] = 1
+        paced = np.flatnonzero(source == 0)
+        local = (progress[paced] - self._stage_starts[stage[paced]]) / self.stage_shares[stage[paced]]
+        c = competence_at(self.pacing, np.minimum(np.maximum(local, 0.0), 1.0))
+        bad = np.flatnonzero(~((c >= 0.0) & (c <= 1.0)))
+        if bad.size:
+            i = bad[0]
+            raise ValueError(
+                f"The pacing function returned {c[i]} at progress {local[i]:.4f}; it must be in [0, 1]."
+            )
+        competence = np.ones(n, dtype=np.float64)
+        competence[paced] = c
 
         indices = np.empty(n, dtype=np.int64)
-        competence = np.ones(n, dtype=np.float64)
-        source = np.zeros(n, dtype=np.int8)
-        for i in range(n):
-            s = int(stage[i])
-            if self.uniform_after is not None and progress[i] >= self.uniform_after:
-                indices[i] = uniform_pool.draw(draws[i])
-                source[i] = 2
-            elif s > 0 and replay_draws[i] < self.replay_ratio:
-                pool = replay_pools[s]
-                pool.grow_to(pool.order.size)
-                indices[i] = pool.draw(draws[i])
-                source[i] = 1
-            else:
-                local = (progress[i] - self._stage_starts[s]) / self.stage_shares[s]
-                c = float(self.pacing(min(max(local, 0.0), 1.0)))
-                if not 0.0 <= c <= 1.0 or math.isnan(c):
-                    raise ValueError(
-                        f"The pacing function returned {c} at progress {local:.4f}; it must be in [0, 1]."
-                    )
-                pool = pools[s]
-                pool.grow_to(max(1, math.ceil(c * pool.order.size - 1e-9)))
-                indices[i] = pool.draw(draws[i])
-                competence[i] = c
+        for s, order in enumerate(self._stage_orders):
+            at = np.flatnonzero((source == 0) & (stage == s))
+            sizes = np.maximum(1, np.ceil(competence[at] * order.size - 1e-9)).astype(np.int64)
+            indices[at] = fresh_first_draws(order, sizes, draws[at])
+            if s > 0:
+                at = np.flatnonzero((source == 1) & (stage == s))
+                earlier = np.concatenate(self._stage_orders[:s])
+                indices[at] = fresh_first_draws(earlier, np.full(at.size, earlier.size), draws[at])
+        at = np.flatnonzero(source == 2)
+        indices[at] = fresh_first_draws(self._all, np.full(at.size, self.num_examples), draws[at])
         result = CurriculumSchedule(indices=indices, competence=competence, stage=stage, source=source)
         self._cache = {**{k: v for k, v in self._cache.items() if k == epoch - 1}, int(epoch): result}
         return result

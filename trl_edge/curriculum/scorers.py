@@ -17,6 +17,8 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from ..data_columns import scalar_column
+
 
 def _require_columns(dataset: Dataset, columns: list[str], scorer: str, hint: str) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
@@ -69,7 +71,7 @@ class ColumnScorer:
             "Add a numeric difficulty column, or score by length (`curriculum_difficulty='length'`).",
         )
         try:
-            scores = np.asarray(dataset[self.column], dtype=np.float64)
+            scores = np.asarray(scalar_column(dataset, self.column), dtype=np.float64)
         except (TypeError, ValueError) as err:
             raise ValueError(f"Column {self.column!r} must hold one number per example: {err}") from err
         return _check_finite(scores, f"ColumnScorer({self.column!r})")

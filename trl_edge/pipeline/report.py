@@ -29,6 +29,15 @@ def _loss_curves(stage: PlannedStage) -> dict[str, list]:
     return curves
 
 
+def _training_steps(stage: PlannedStage) -> int | None:
+    """How many optimizer steps a training stage took (its trainer's ``global_step``): its width on the report's
+    cumulative step axis."""
+    state = stage.directory / "model" / "trainer_state.json"
+    if not state.is_file():
+        return None
+    return json.loads(state.read_text()).get("global_step")
+
+
 def _evaluation(stage: PlannedStage) -> dict | None:
     path = stage.directory / "eval" / "metrics.json"
     if not path.is_file():
@@ -51,7 +60,7 @@ def _model_label(stage: PlannedStage, stages: list[PlannedStage], models: dict) 
 
 def collect(stages: list[PlannedStage], models: dict) -> dict:
     """Everything the report shows, as one JSON-ready dict."""
-    out = {"stages": [], "evaluations": [], "loss_curves": {}}
+    out = {"stages": [], "evaluations": [], "loss_curves": {}, "training_steps": {}}
     for stage in stages:
         record = stage.record or {}
         out["stages"].append({
@@ -62,6 +71,9 @@ def collect(stages: list[PlannedStage], models: dict) -> dict:
         curves = _loss_curves(stage)
         if curves:
             out["loss_curves"][stage.spec.dir_name] = curves
+            out["training_steps"][stage.spec.dir_name] = _training_steps(stage) or max(
+                step for points in curves.values() for step, _ in points
+            )
         metrics = _evaluation(stage)
         if metrics is not None:
             label = _model_label(stage, stages, models)
@@ -79,14 +91,7 @@ def _plots(data: dict, output_dir: Path) -> list[str]:
 
     written = []
     if data["loss_curves"]:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for stage, curves in data["loss_curves"].items():
-            key = "loss" if "loss" in curves else next(iter(curves))
-            steps, values = zip(*curves[key])
-            ax.plot(steps, values, marker=".", label=f"{stage} ({key})")
-        ax.set(xlabel="optimizer step", ylabel="training loss", title="Loss per training stage")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        fig = loss_figure(plt, data)
         fig.savefig(output_dir / "loss_curves.png", dpi=110)
         plt.close(fig)
         written.append("loss_curves.png")
@@ -122,6 +127,52 @@ def _plots(data: dict, output_dir: Path) -> list[str]:
         plt.close(fig)
         written.append("resources.png")
     return written
+
+
+def cumulative_offsets(data: dict) -> dict[str, int]:
+    """The step at which each training stage starts on one axis for the whole run: the stages one after another, in
+    pipeline order, each as wide as the optimizer steps it took."""
+    offsets, total = {}, 0
+    for stage in data["loss_curves"]:
+        offsets[stage] = total
+        total += int(data["training_steps"].get(stage) or 0)
+    return offsets
+
+
+def loss_figure(plt, data: dict):
+    """Cross-entropy (SFT's loss, KD's CE term) above, the KD divergence below, each stage at its place on one
+    cumulative step axis with its boundaries marked and named: the curves read as one training run."""
+    curves, offsets = data["loss_curves"], cumulative_offsets(data)
+    has_divergence = any("kd_loss" in c for c in curves.values())
+    rows = 2 if has_divergence else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 3.2 * rows + 0.6), sharex=True, squeeze=False)
+    ce_ax, kd_ax = axes[0][0], axes[-1][0] if has_divergence else None
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    end = 0
+    for i, (stage, stage_curves) in enumerate(curves.items()):
+        color, start = colors[i % len(colors)], offsets[stage]
+        end = start + int(data["training_steps"].get(stage) or 0)
+        panels = [("ce_loss", ce_ax, "CE"), ("kd_loss", kd_ax, "divergence")] if "kd_loss" in stage_curves else []
+        panels = panels or [("loss", ce_ax, "CE")]  # an SFT stage: its loss is the cross-entropy
+        for key, ax, label, style in [(*p, "-") for p in panels] + [("eval_loss", ce_ax, "eval", ":")]:
+            if key in stage_curves:
+                steps, values = zip(*stage_curves[key])
+                ax.plot([start + x for x in steps], values, style, marker=".", color=color, label=f"{stage} ({label})")
+        for ax in axes[:, 0]:
+            ax.axvline(start, color="gray", linewidth=0.6, linestyle="--")
+            ax.axvspan(start, end, color=color, alpha=0.05)
+        ce_ax.annotate(stage, xy=(start, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
+                       textcoords="offset points", ha="left", va="top", fontsize=7, rotation=90, color="dimgray")
+    for ax in axes[:, 0]:
+        ax.axvline(end, color="gray", linewidth=0.6, linestyle="--")
+        ax.legend(fontsize=7, loc="best")
+        ax.grid(alpha=0.3)
+    ce_ax.set(ylabel="cross-entropy (nats/token)", title="Training loss per stage, on the run's cumulative steps")
+    if kd_ax is not None:
+        kd_ax.set(ylabel="KD divergence")
+    axes[-1][0].set(xlabel="optimizer step (cumulative over the pipeline's training stages)")
+    fig.tight_layout()
+    return fig
 
 
 def _markdown(data: dict, plots: list[str], source: str | None) -> str:

@@ -22,8 +22,10 @@ from pathlib import Path
 import yaml
 
 from ..sealed_files import atomic_write
+from .checkpoints import resumable_checkpoint
 from .config import PipelineConfig, StageSpec, parse_reference
-from .stages import KINDS, MODEL_KINDS, PipelineError, latest_checkpoint, validate_script_config
+from .decisions import StageFacts, decide
+from .stages import KINDS, MODEL_KINDS, PipelineError, validate_script_config
 
 RECORD = "stage.json"
 STARTED = "stage.started.json"  # the key a stage started with: a resume is only a resume of the same work
@@ -202,33 +204,30 @@ class PipelineRunner:
         text = json.dumps(payload, sort_keys=True, default=str).replace(str(self.output_dir), "$OUTPUT_DIR")
         return hashlib.sha256(text.encode()).hexdigest(), json.loads(text)
 
-    def plan(self) -> list[PlannedStage]:
-        earlier_runs = None
+    def plan(self, until: str | None = None) -> list[PlannedStage]:
+        """Decide every stage's action (``decisions.decide``) from what is on disk; ``until`` ends the run early."""
+        earlier_runs, after_until = None, None
         for stage in self.stages:
             record = _read_record(stage.directory)
             stage.record = record
             key, payload = self._key(stage)
             stage.extra = {"key": key, "payload": payload}
-            fresh = record is None and not (stage.directory.exists() and any(stage.directory.iterdir()))
-            if fresh:
-                stage.action, stage.reason = "run", "not run yet"
-            elif earlier_runs is not None:
-                stage.action, stage.reason = "rerun", f"an earlier stage ({earlier_runs}) runs"
-            elif record is not None and record.get("key") == key:
-                stage.action, stage.reason = "skip", "done, settings and inputs unchanged"
-            elif record is not None:
-                stage.action, stage.reason = "rerun", _what_changed(record.get("payload", {}), payload)
-            elif stage.directory.exists() and any(stage.directory.iterdir()):
-                started = _read_json(stage.directory / STARTED) or {}
-                if started.get("key") == key:
-                    stage.action, stage.reason = "resume", "interrupted: resumes from what it left"
-                else:
-                    stage.action = "rerun"
-                    stage.reason = "interrupted, and " + _what_changed(started.get("payload", {}), payload)
-            else:
-                stage.action, stage.reason = "run", "not run yet"
-            if stage.action != "skip" and earlier_runs is None:
+            kind = KINDS[stage.spec.kind]
+            has_files = stage.directory.exists() and any(stage.directory.iterdir())
+            checkpoint = None
+            if kind.trains and record is None and has_files:
+                checkpoint = resumable_checkpoint(stage.directory / kind.artifact)[0]
+            facts = StageFacts(
+                key=key, payload=payload, record=record, started=_read_json(stage.directory / STARTED),
+                has_files=has_files, earlier_runs=earlier_runs, after_until=after_until, checkpoint=checkpoint,
+                trains=kind.trains,
+            )  # fmt: skip
+            decision = decide(facts)
+            stage.action, stage.reason = decision.action, decision.reason
+            if stage.action not in ("skip", "later") and earlier_runs is None:
                 earlier_runs = stage.spec.dir_name
+            if until in (stage.spec.name, stage.spec.dir_name):
+                after_until = stage.spec.name
         return self.stages
 
     def print_plan(self) -> None:
@@ -242,12 +241,14 @@ class PipelineRunner:
             raise PipelineError(
                 f"--until {until!r} names no stage; stages: {', '.join(s.spec.name for s in self.stages)}."
             )
-        self.plan()
+        self.plan(until)
         self.print_plan()
         if dry_run:
             return self.stages
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for stage in self.stages:
+            if stage.action == "later":
+                break
             if stage.action != "skip":
                 self._run_stage(stage)
             if until in (stage.spec.name, stage.spec.dir_name):
@@ -264,7 +265,10 @@ class PipelineRunner:
         atomic_write(stage.directory / STARTED, json.dumps({"key": key, "payload": payload}, default=str).encode())
         config = dict(stage.config)
         if kind.trains:
-            checkpoint = latest_checkpoint(stage.directory / kind.artifact)
+            checkpoint, incomplete = resumable_checkpoint(stage.directory / kind.artifact)
+            for path, problem in incomplete:  # a kill during its save: resume from the one before, write it anew
+                self.echo(f"[{spec.dir_name}] removing incomplete {Path(path).name}: {problem}")
+                shutil.rmtree(path)
             if checkpoint is not None:
                 config["resume_from_checkpoint"] = checkpoint
                 self.echo(f"[{spec.dir_name}] resuming from {checkpoint}")
@@ -308,22 +312,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-
-
-def _what_changed(old: dict, new: dict) -> str:
-    changes = []
-    old_config, new_config = old.get("config", {}), new.get("config", {})
-    for key in sorted(set(old_config) | set(new_config)):
-        if old_config.get(key) != new_config.get(key):
-            changes.append(f"{key}: {old_config.get(key)!r} -> {new_config.get(key)!r}")
-    for directory, digest in (new.get("inputs") or {}).items():
-        if (old.get("inputs") or {}).get(directory) != digest:
-            changes.append(f"input {Path(directory).name} changed")
-    if old.get("data") != new.get("data"):
-        changes.append("its data files changed")
-    if old.get("accelerate_config") != new.get("accelerate_config"):
-        changes.append("its accelerate config changed")
-    return "settings changed: " + "; ".join(changes) if changes else "settings changed"
 
 
 def _stream(argv: list[str], log_path: Path) -> int:

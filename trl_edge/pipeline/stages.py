@@ -129,14 +129,6 @@ STAGE_KINDS = tuple(KINDS)
 MODEL_KINDS = tuple(name for name, kind in KINDS.items() if kind.makes_model)  # the stages whose output is `@model`
 
 
-def latest_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-N`` a trainer left in ``output_dir`` (what an interrupted stage resumes from)."""
-    checkpoints = [p for p in output_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    if not checkpoints:
-        return None
-    return str(max(checkpoints, key=lambda p: int(p.name.split("-")[-1])))
-
-
 def validate_script_config(kind: str, config: dict, where: str) -> None:
     """Check the stage's config keys against its script's own dataclasses, so that a typo fails at plan time.
 

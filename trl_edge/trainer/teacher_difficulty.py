@@ -11,6 +11,7 @@ import numpy as np
 from datasets import Dataset
 
 from ..curriculum.scorers import ColumnScorer
+from ..data_columns import scalar_column
 from .curriculum import DIFFICULTY_SOURCES
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ class TeacherDifficultyScorer:
         self.caches, self.kind = caches, kind
 
     def __call__(self, dataset: Dataset) -> np.ndarray:
-        cache_ids, indices = np.asarray(dataset["cache_id"]), np.asarray(dataset["cache_index"])
+        cache_ids, indices = scalar_column(dataset, "cache_id"), scalar_column(dataset, "cache_index")
         scores = np.zeros(len(dataset))
         for cache_id in np.unique(cache_ids):
             rows = np.flatnonzero(cache_ids == cache_id)
