@@ -122,6 +122,23 @@ class PositionScorer:
         ]
 
 
+def warp_logits(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
+    """The sampling distribution's logits (float32): temperature, then top-k, then top-p, as rollouts sample them
+    (and as the on-policy drift re-scores them)."""
+    scores = scores.float()
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k:
+        kth = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, order = scores.sort(dim=-1, descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative - ordered.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return scores
+
+
 class _SamplingDistribution:
     """A logits processor that *is* the sampling distribution: temperature, top-k and top-p, applied here (and not
     by ``generate``, which would apply them after any processor), while it records the log-prob of every sampled
@@ -137,18 +154,7 @@ class _SamplingDistribution:
         self.logprobs: list[torch.Tensor] = []
 
     def warp(self, scores: torch.Tensor) -> torch.Tensor:
-        scores = scores.float()
-        if self.temperature != 1.0:
-            scores = scores / self.temperature
-        if self.top_k:
-            kth = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if self.top_p < 1.0:
-            ordered, order = scores.sort(dim=-1, descending=True)
-            cumulative = ordered.softmax(-1).cumsum(-1)
-            drop = cumulative - ordered.softmax(-1) >= self.top_p  # keep the smallest prefix reaching top_p
-            scores = scores.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        return scores
+        return warp_logits(scores, self.temperature, self.top_k, self.top_p)
 
     def collect(self, last_tokens: torch.Tensor) -> None:
         if self.previous is not None:

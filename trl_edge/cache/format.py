@@ -44,6 +44,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..model_identity import ModelIdentity
 from ..sealed_files import ShardedMetadata, atomic_write, file_sha256  # noqa: F401  (part of the format's vocabulary)
 from ..tokens import scored_positions, tokenizer_fingerprint, tokenizer_vocab_size  # noqa: F401  (likewise)
 
@@ -88,8 +89,29 @@ class CacheMetadata(ShardedMetadata):
     columns: list[str] = field(default_factory=list)  # the dataset's columns kept next to each sample
     source: dict = field(default_factory=dict)  # where the sequences came from (a rollout set's provenance)
     tokenization: dict = field(default_factory=dict)
+    teacher_identity: dict = field(default_factory=dict)  # ModelIdentity: name, revision, weights hash
+    source_path: str | None = None  # the rollout set's directory when it was scored (not part of the identity)
     trl_edge_version: str = ""
     format_version: int = FORMAT_VERSION
+
+    def settings(self) -> dict:
+        out = super().settings()
+        out.pop("source_path")  # where the rollouts lay is not what was scored
+        return out
+
+    def teacher_record(self) -> ModelIdentity:
+        """The teacher that scored the cache (name and revision only, for caches written before identities)."""
+        return ModelIdentity.from_dict(self.teacher_identity) or ModelIdentity(self.teacher, self.teacher_revision)
+
+    def written_by(self) -> str:
+        """Who wrote the cached tokens: ``teacher`` (its own samples), ``student`` (anyone else's rollouts) or
+        ``dataset`` (a dataset's text, e.g. reference answers). Decides whether CE belongs on them."""
+        if self.source.get("kind") != "rollouts":
+            return "dataset"
+        policy = ModelIdentity.from_dict(self.source.get("policy_identity")) or ModelIdentity(
+            self.source.get("policy", ""), None, f"weights:{self.source.get('policy_hash')}"
+        )
+        return "teacher" if self.teacher_record().same_as(policy) else "student"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -31,6 +31,7 @@ class ScoringPlan:
     columns: dict = field(default_factory=dict)  # name -> list, the passed-through columns
     source: dict = field(default_factory=dict)  # provenance of the sequences (a rollout set's)
     tokenization: dict = field(default_factory=dict)
+    source_path: str | None = None  # the directory the sequences were read from (a rollout set's)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -30,6 +30,7 @@ from ..batch import pad_token_id
 from ..clock import Clock
 from ..data_columns import table_bytes
 from ..devices import partial_state
+from ..model_identity import ModelIdentity, weights_hash
 from ..model_loading import load_causal_lm, model_name
 from ..sealed_files import is_sealed, prepare_output
 from ..tokens import tokenizer_fingerprint, tokenizer_vocab_size
@@ -148,6 +149,7 @@ def cache_teacher_logits(
         )  # fmt: skip
         model.eval()
         name = model_name(teacher if isinstance(teacher, str | os.PathLike) else model)
+        identity = ModelIdentity(name, teacher_revision, f"weights:{weights_hash(model)}")
         head_size = model.get_output_embeddings().weight.shape[0]
         vocab = _cache_vocabulary(tokenizer, head_size, name, say)
         position_scorer = PositionScorer(model, top_k, support_size=vocab)
@@ -164,6 +166,7 @@ def cache_teacher_logits(
             tensor_parallel_size=tensor_parallel_size, max_logprobs=top_k + 8,
         )  # fmt: skip
         name, head_size = engine.name, engine.vocab_size
+        identity = ModelIdentity.of(teacher, revision=teacher_revision)
         vocab = _cache_vocabulary(tokenizer, head_size, name, say)
         top_k = min(top_k, vocab)
 
@@ -184,6 +187,8 @@ def cache_teacher_logits(
         columns=list(plan.columns),
         source=plan.source,
         tokenization=plan.tokenization,
+        teacher_identity=identity.to_dict(),
+        source_path=plan.source_path,
         trl_edge_version=trl_edge.__version__,
     )
     prepare_output(

@@ -14,6 +14,7 @@ from ``(seed, shard)``, so a rerun after a kill, or a run on another number of r
 ``cache_teacher_logits`` scores a rollout set's exact ids (``RolloutSet.scoring_plan``).
 """
 
+from ..model_identity import weights_hash
 from .format import (
     METADATA_FILE,
     ROLLOUT_FORMAT_VERSION,
@@ -24,7 +25,7 @@ from .format import (
     shard_file,
 )
 from .reader import RolloutSet
-from .writer import generate_rollouts, tokenize_prompts, weights_hash
+from .writer import generate_rollouts, tokenize_prompts
 
 __all__ = [
     "METADATA_FILE",

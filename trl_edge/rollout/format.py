@@ -70,12 +70,14 @@ class RolloutMetadata(ShardedMetadata):
     round: int | None = None
     backend: str = "transformers"
     columns: list[str] = field(default_factory=list)
+    policy_identity: dict = field(default_factory=dict)  # ModelIdentity: name, revision, weights hash
     trl_edge_version: str = ""
     format_version: int = ROLLOUT_FORMAT_VERSION
 
     def provenance(self) -> dict:
         """What a teacher cache made from this set records about it."""
-        keep = ("policy", "policy_hash", "round", "sampling", "backend", "prompts_fingerprint", "trl_edge_version")
+        keep = ("policy", "policy_hash", "policy_identity", "round", "sampling", "backend", "prompts_fingerprint",
+                "trl_edge_version")
         return {"kind": "rollouts", **{k: v for k, v in asdict(self).items() if k in keep}}
 
 

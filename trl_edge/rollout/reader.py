@@ -65,7 +65,7 @@ class RolloutSet(ScoringSource):
         offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])])
         return ScoringPlan.from_arrays(
             np.concatenate(seqs), np.concatenate(labs), offsets, {c: ds[c] for c in keep},
-            source=self.metadata.provenance(), tokenization={"rollouts": True},
+            source=self.metadata.provenance(), tokenization={"rollouts": True}, source_path=str(self.path.resolve()),
         )  # fmt: skip
 
     def __repr__(self) -> str:

@@ -21,8 +21,9 @@ from ..batch import pad_token_id
 from ..compat import tokenize_like_sft
 from ..data_columns import passthrough_columns, table_bytes
 from ..devices import partial_state
+from ..model_identity import ModelIdentity, weights_hash
 from ..model_loading import load_causal_lm, model_name
-from ..sealed_files import atomic_write, file_sha256, prepare_output
+from ..sealed_files import atomic_write, prepare_output
 from ..tokens import tokenizer_fingerprint
 from .format import (
     METADATA_FILE,
@@ -35,18 +36,6 @@ from .format import (
     shard_is_sealed,
 )
 from .reader import RolloutSet
-
-
-def weights_hash(model) -> str:
-    """A hash of a model's weights (names, dtypes, shapes, bytes): which policy sampled, exactly."""
-    import torch
-
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        data = tensor.detach().cpu().contiguous()
-        h.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return h.hexdigest()
 
 
 def tokenize_prompts(dataset, processing_class) -> list[list[int]]:
@@ -145,6 +134,7 @@ def generate_rollouts(
         )  # fmt: skip
         name = model_name(policy if isinstance(policy, str | os.PathLike) else model)
         policy_hash = weights_hash(model)
+        identity = ModelIdentity(name, revision, f"weights:{policy_hash}")
     else:
         from ..backends.vllm_backend import VLLMEngine
 
@@ -153,7 +143,8 @@ def generate_rollouts(
             tensor_parallel_size=tensor_parallel_size, seed=seed, logprobs_mode="processed_logprobs",
         )  # fmt: skip
         name, model = engine.name, None
-        policy_hash = _directory_hash(policy) if isinstance(policy, str | os.PathLike) else "unknown"
+        identity = ModelIdentity.of(policy, revision=revision)
+        policy_hash = identity.weights.split(":", 1)[1] if identity.weights else "unknown"
     sampling = SamplingSettings(
         num_samples=num_samples, temperature=temperature, top_p=top_p, top_k=top_k or None,
         max_new_tokens=max_new_tokens, seed=seed, stop_token_ids=_stop_tokens(model, tokenizer, stop_token_ids),
@@ -164,7 +155,7 @@ def generate_rollouts(
         policy=name, policy_hash=policy_hash, tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
         prompts_fingerprint=prompts_hash, num_prompts=len(prompts), shard_size=int(shard_size),
         sampling=asdict(sampling), round=round, backend=backend, columns=columns,
-        trl_edge_version=trl_edge.__version__,
+        policy_identity=identity.to_dict(), trl_edge_version=trl_edge.__version__,
     )  # fmt: skip
     prepare_output(
         directory, METADATA_FILE, meta.settings(), settings_in, json.dumps(asdict(meta), indent=2, sort_keys=True)
@@ -190,14 +181,6 @@ def generate_rollouts(
             _write_shard(directory, index, start, shard_prompts, samples, kept, state.process_index)
     state.wait_for_everyone()
     return RolloutSet(directory)
-
-
-def _directory_hash(path) -> str:
-    """A hash of a checkpoint directory's weight files (a vLLM policy is loaded by path)."""
-    h = hashlib.blake2b(digest_size=16)
-    for f in sorted(Path(path).glob("*.safetensors")):
-        h.update(f.name.encode() + file_sha256(f).encode())
-    return h.hexdigest()
 
 
 def _sample_shard(model, prompts, sampling: SamplingSettings, pad, batch_size, seed, bar):

@@ -8,6 +8,7 @@ logits are never built; no teacher is loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 
@@ -22,25 +23,45 @@ from ..cache.format import CacheError
 from ..cache.reader import TeacherLogitCache, collate_samples
 from ..compat import count_train_tokens, log_trainer_metric
 from ..losses import chunked_kd_loss
+from .cache_sources import check_one_teacher, eligible_rows, resolve_sources, truncated_rows
 from .curriculum_edge_trainer import CurriculumEdgeTrainer
 from .offline_kd_config import OfflineOnPolicyKDConfig
+from .onpolicy_drift import OnPolicyDrift, OnPolicyDriftCallback
 from .teacher_difficulty import TEACHER_DIFFICULTY_SOURCES, TeacherDifficultyScorer  # noqa: F401  (its home before)
 
 TEACHER_KEYS = ("teacher_mask", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_logprobs")
+WEIGHT_KEYS = ("kd_weights", "ce_weights")
+SOURCES_FILE = "distillation_sources.json"  # in output_dir: each cache, who wrote it, its weights; the drift
 
 
 class CachedKDCollator:
     """Builds batches from teacher caches: rows carry ``cache_id`` (which cache) and ``cache_index`` (which sample).
 
-    A batch may mix samples of several caches (they must share ``top_k``).
+    A batch may mix samples of several caches (they must share ``top_k``). With ``loss_weights`` (one
+    ``(kd_weight, ce_weight)`` per cache) it adds ``kd_weights`` / ``ce_weights`` per position; with
+    ``mask_truncated`` the last that many scored positions of a row marked ``truncated`` carry no loss.
     """
 
-    def __init__(self, caches: list[TeacherLogitCache], pad_token_id: int = 0):
+    def __init__(self, caches: list[TeacherLogitCache], pad_token_id: int = 0,
+                 loss_weights: list[tuple[float, float]] | None = None, mask_truncated: int = 0):  # fmt: skip
         self.caches, self.pad_token_id = caches, pad_token_id
+        self.loss_weights, self.mask_truncated = loss_weights, mask_truncated
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         samples = [self.caches[int(e["cache_id"])][int(e["cache_index"])] for e in examples]
-        return collate_samples(samples, self.caches[0].metadata.top_k, self.pad_token_id)
+        batch = collate_samples(samples, self.caches[0].metadata.top_k, self.pad_token_id)
+        if self.mask_truncated:
+            for row, (e, sample) in enumerate(zip(examples, samples)):
+                if e.get("truncated"):
+                    last = sample["positions"][-self.mask_truncated :]
+                    batch["teacher_mask"][row, last] = False
+                    batch["labels"][row, last + 1] = -100
+        if self.loss_weights is not None:
+            weights = torch.tensor([self.loss_weights[int(e["cache_id"])] for e in examples], dtype=torch.float32)
+            shape = batch["teacher_mask"].shape
+            batch["kd_weights"] = weights[:, :1].expand(shape).contiguous()
+            batch["ce_weights"] = weights[:, 1:].expand(shape).contiguous()
+        return batch
 
 
 def open_cache(cache) -> TeacherLogitCache:
@@ -75,14 +96,17 @@ def mixture_rows(sizes: list[int], weights: list[float] | None, seed: int) -> li
     return rows
 
 
-def index_dataset(caches: list[TeacherLogitCache], rows: list[np.ndarray] | None = None) -> Dataset:
-    """One row per training sample: ``cache_id`` and ``cache_index`` plus the cache's own index columns."""
+def index_dataset(caches: list[TeacherLogitCache], rows: list[np.ndarray] | None = None,
+                  first_id: int = 0) -> Dataset:  # fmt: skip
+    """One row per training sample: ``cache_id``, ``cache_index``, ``truncated`` (cut at ``max_new_tokens``) plus
+    the cache's own index columns."""
     parts = []
     for cache_id, cache in enumerate(caches):
         part = cache.to_dataset(show_progress=True)
+        part = part.add_column("truncated", truncated_rows(cache))
         if rows is not None:
             part = part.select(rows[cache_id])
-        parts.append(part.add_column("cache_id", np.full(len(part), cache_id, dtype=np.int64)))
+        parts.append(part.add_column("cache_id", np.full(len(part), first_id + cache_id, dtype=np.int64)))
     if len(parts) == 1:
         return parts[0]
     shared = set.intersection(*(set(p.column_names) for p in parts))
@@ -90,7 +114,9 @@ def index_dataset(caches: list[TeacherLogitCache], rows: list[np.ndarray] | None
 
 
 class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
-    """Trains a student on teacher logit caches: ``kd_weight * divergence + (1 - kd_weight) * CE`` per token.
+    """Trains a student on teacher logit caches: ``kd_weight * divergence + ce_weight * CE`` per token, where
+    ``ce_weight`` depends on who wrote the cache's tokens (``1 - kd_weight`` for the teacher or a dataset, 0 for the
+    student's own rollouts; see :mod:`trl_edge.trainer.cache_sources`).
 
     A drop-in for TRL's GKDTrainer / DistillationTrainer users whose teacher has already scored the data once (see
     `trl-edge cache`): the teacher is never loaded, and each step costs about what an SFT step costs.
@@ -142,18 +168,58 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
                 + ", ".join(f"{c.path}: {c.metadata.top_k}" for c in caches)
                 + "); a batch can mix them only at one k. Cache them with the same `--top_k`."
             )
+        check_one_teacher(caches, args.allow_mixed_teachers)
+        cut = [truncated_rows(c) for c in self.teacher_caches]
+        self.cache_sources = resolve_sources(
+            self.teacher_caches, args.kd_weight, args.teacher_cache_ce_weights, args.teacher_cache_weights, cut
+        )
+        eligible = [eligible_rows(t, args.truncated_samples) for t in cut]
+        for source, rows_kept in zip(self.cache_sources, eligible):
+            if len(rows_kept) == 0 and (source.share is None or source.share > 0):
+                raise ValueError(
+                    f"Every sample of {source.path} was cut at max_new_tokens, and `truncated_samples='drop'` drops "
+                    "them all: raise the rollouts' max_new_tokens."
+                )
         seed = args.data_seed if args.data_seed is not None else args.seed
-        rows = mixture_rows([len(c) for c in self.teacher_caches], args.teacher_cache_weights, seed)
-        train = index_dataset(self.teacher_caches, rows)
-        evaluation = None
-        if eval_caches:
-            evaluation = eval_caches[0].to_dataset()
-            evaluation = evaluation.add_column("cache_id", [len(self.teacher_caches)] * len(evaluation))
+        rows = mixture_rows([len(e) for e in eligible], args.teacher_cache_weights, seed)
+        train = index_dataset(self.teacher_caches, [e[r] for e, r in zip(eligible, rows)])
+        evaluation = index_dataset(eval_caches, first_id=len(self.teacher_caches)) if eval_caches else None
+        weights = [(s.kd_weight, s.ce_weight) for s in self.cache_sources]
+        # the eval cache is weighted as the training data would weigh its source
+        weights += [(args.kd_weight, 1.0 - args.kd_weight) for _ in eval_caches]
+        uniform = len(set(weights)) == 1 and weights[0] == (args.kd_weight, 1.0 - args.kd_weight)
+        collator = CachedKDCollator(
+            caches, loss_weights=None if uniform else weights,
+            mask_truncated=args.truncated_mask_positions if args.truncated_samples == "mask" else 0,
+        )  # fmt: skip
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         super().__init__(
-            model, args, data_collator=CachedKDCollator(caches), train_dataset=train, eval_dataset=evaluation,
+            model, args, data_collator=collator, train_dataset=train, eval_dataset=evaluation,
             processing_class=processing_class, difficulty_scorer=difficulty_scorer, **kwargs,
         )  # fmt: skip
+        probes = {str(c.path): OnPolicyDrift.for_cache(c, args.onpolicy_drift_samples) for c in self.teacher_caches}
+        probes = {path: probe for path, probe in probes.items() if probe is not None}
+        self.drift_callback = OnPolicyDriftCallback(self, probes) if probes else None
+        if self.drift_callback is not None:
+            self.add_callback(self.drift_callback)
+        if self.accelerator.is_main_process:
+            print("Distilling from:\n" + "\n".join(f"  {s.describe()}" for s in self.cache_sources))
+        self.write_sources_record()
+
+    def write_sources_record(self) -> None:
+        """``distillation_sources.json`` in ``output_dir``: each cache, who wrote it, its weights, the drift."""
+        if not self.accelerator.is_main_process:
+            return
+        record = {
+            "truncated_samples": self.args.truncated_samples,
+            "sources": [s.to_dict() for s in self.cache_sources],
+            "onpolicy_drift": self.drift_callback.results if self.drift_callback is not None else {},
+        }
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        path = os.path.join(self.args.output_dir, SOURCES_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=2)
+        os.replace(path + ".tmp", path)
 
     def _finish_trainer_setup(self) -> None:
         caches = self.teacher_caches + self.eval_caches
@@ -206,7 +272,7 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
-            self._signature_columns = ["cache_index", "cache_id"]
+            self._signature_columns = ["cache_index", "cache_id", "truncated"]
 
     def _is_logging_step(self) -> bool:
         """Whether the optimizer step being computed will be logged (the statistics that cost passes wait for it)."""
@@ -224,6 +290,7 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
         mode = "train" if self.model.training else "eval"
         args = self.args
         teacher = {key: inputs.pop(key) for key in TEACHER_KEYS}
+        weights = {key: inputs.pop(key) for key in WEIGHT_KEYS if key in inputs}
         input_ids = inputs["input_ids"]
         outputs = model(
             input_ids=input_ids,
@@ -246,6 +313,7 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
             teacher["teacher_token_logprobs"][:, :-1][mask],
             input_ids[:, 1:][mask],
             options=self.kd_loss_options,
+            **{key: value[:, :-1][mask].float() for key, value in weights.items()},
             normalizer=normalizer,
             chunk_size=args.kd_chunk_size,
             compute_stats=self._is_logging_step(),
