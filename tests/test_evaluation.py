@@ -109,6 +109,9 @@ def test_fidelity_refuses_another_vocabulary(lossless_cache):
         ("First 3, then 5, and finally 7.", "7"),
         ("It is 19.50 dollars", "19.5"),
         ("no number here", ""),
+        ('The answer is "white".', "white"),  # quoted or emphasised word answers (SmolLM2 writes them so)
+        ("Answer: **Paris**", "paris"),
+        ("Answer: “cold”!", "cold"),
     ],
 )
 def test_extract_answer(text, answer):

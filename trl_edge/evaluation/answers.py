@@ -3,7 +3,8 @@
 A model that reasons before it answers ("Let us think step by step. 12 + 7 = 19. Answer: 19.") is right when its
 final answer is, whatever the words around it. :func:`extract_answer` looks, in order, for ``\\boxed{X}``,
 ``#### X`` (GSM8K), ``Answer: X`` / ``the answer is X`` / ``答案：X``, and else takes the last number;
-:func:`normalize_answer` makes ``"1,000."``, ``"$1000$"`` and ``"1000.0"`` the same answer.
+:func:`normalize_answer` makes ``"1,000."``, ``"$1000$"`` and ``"1000.0"`` the same answer, and ``"white".`` or
+``**white**`` the same as ``white``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 
 __all__ = ["extract_answer", "normalize_answer", "answers_match"]
 
+_QUOTES = "\"'“”‘’*`"  # quotes and markdown emphasis around an answer
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _LEADING_NUMBER = re.compile(r"^\$?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)(?=$|[\s.。,;!?)$])")
@@ -56,7 +58,7 @@ def normalize_answer(answer: str | None) -> str:
         return ""
     text = str(answer).strip().strip("$").strip()
     text = re.sub(r"^\\text\{(.*)\}$", r"\1", text)
-    text = text.rstrip(".。").strip().lower()
+    text = text.rstrip(".。!").strip().strip(_QUOTES).rstrip(".。!").strip().lower()  # 'Answer: "white".' -> white
     if re.fullmatch(r"-?\d+(?:,\d{3})+(?:\.\d+)?", text):
         text = text.replace(",", "")
     try:
