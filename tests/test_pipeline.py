@@ -47,7 +47,7 @@ def two_rounds(output_dir, models, prompts, kd_learning_rate=3e-3):
         "models": models,
         "defaults": {
             "accelerate_config": CPU,
-            "teacher_answers": {"max_new_tokens": 8, "keep_truncated": True, "use_cpu": True, "shard_size": 6},
+            "teacher_answers": {"max_new_tokens": 8, "truncated_answers": "keep", "use_cpu": True, "shard_size": 6},
             "rollout": {"max_new_tokens": 8, "num_samples": 2, "use_cpu": True, "shard_size": 6},
             "cache": {"top_k": 8, "shard_size": 8, "use_cpu": True},
             "sft": TRAIN,
@@ -310,3 +310,21 @@ def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts):
     assert [s for s, action in plan.items() if action != "SKIP"] == ["04-kd-r1", "05-rollout-r2", "06-cache-r2",
                                                                      "07-kd-r2", "08-eval"]  # fmt: skip
     assert "learning_rate: 0.003 -> 0.001" in out
+
+
+def test_the_plan_warns_when_the_sft_data_and_the_caches_come_from_two_teachers(tmp_path, models, prompts):
+    def plan_output(raw):
+        lines = []
+        runner = PipelineRunner(PipelineConfig.from_dict(raw), echo=lines.append)
+        runner.plan()
+        runner.print_plan()
+        return [line for line in lines if line.startswith("Warning")]
+
+    raw = two_rounds(tmp_path / "same", models, prompts)
+    assert plan_output(raw) == []
+    raw = two_rounds(tmp_path / "other", models, prompts)
+    raw["stages"][2]["stages"][1]["teacher"] = "@student"  # the rounds' caches scored by another model
+    (warning, *rest) = plan_output(raw)
+    assert len(rest) == 1  # one per round
+    assert "'sft' trains on answers written by" in warning and "'cache-r1' scores with" in warning
+    assert models["student"] in warning and models["teacher"] in warning

@@ -21,6 +21,7 @@ RECIPE = ROOT / "recipes/quickstart/pipeline.yaml"
 REDUCED = [
     "stages.0.num_layers=2", "stages.9.repeat=1",
     "defaults.teacher_answers.max_prompts=6", "defaults.teacher_answers.max_new_tokens=8",
+    "defaults.teacher_answers.truncated_answers=keep",
     "defaults.rollout.max_prompts=6", "defaults.rollout.max_new_tokens=8",
     "defaults.sft.max_steps=2", "defaults.sft.save_steps=1",
     "defaults.kd.max_steps=2", "defaults.kd.save_steps=1",

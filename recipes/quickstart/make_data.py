@@ -49,19 +49,13 @@ OPEN = [
 
 def question(kind: str, rng: random.Random, pools: dict) -> tuple[str, str, int]:
     """(question, ground truth or "", difficulty)."""
-    if kind in ("sums", "subtraction"):
-        digits = rng.choice([1, 1, 2, 2, 2])
-        a, b = rng.randrange(10 ** (digits - 1), 10**digits), rng.randrange(1, 10**digits)
+    if kind in ("sums", "times", "subtraction"):
+        a, b = pools[kind].pop()
         if kind == "subtraction":
-            a, b = max(a, b), min(a, b)
-            return f"What is {a} - {b}?", str(a - b), digits
-        return f"What is {a} + {b}?", str(a + b), digits
-    if kind == "compare":
-        a, b = rng.sample(range(1, 100), 2)
-        return f"Which number is larger, {a} or {b}?", str(max(a, b)), 1
-    if kind == "next_number":
-        n = rng.randrange(1, 200)
-        return f"What number comes right after {n}?", str(n + 1), 1
+            return f"What is {a} - {b}?", str(a - b), 1
+        if kind == "times":
+            return f"What is {a} times {b}?", str(a * b), 1 + (a * b >= 10)
+        return f"What is {a} + {b}?", str(a + b), 1 + (a + b >= 10)
     if kind == "facts":
         country, capital = pools["facts"].pop()
         return f"What is the capital of {country}?", capital, 1
@@ -74,12 +68,16 @@ def question(kind: str, rng: random.Random, pools: dict) -> tuple[str, str, int]
     return rng.choice(OPEN).format(t=pools["topics"].pop()), "", 1
 
 
-def styled(text: str, stage: str, has_target: bool) -> str:
+def styled(text: str, stage: str, target: str) -> str:
+    """Short styles, so that the teacher's answers end well inside the token budget (its answer lengths are in
+    each answer set's ``teacher_answers.json``)."""
     if stage == "direct":
-        return f"{text} Reply with the answer only." if has_target else text
-    if has_target:
-        return f"{text} Think step by step, then give the final answer after 'Answer:'."
-    return f"{text} Take a moment to think, then answer."
+        if not target:
+            return f"{text} Answer in a few words."
+        return f"{text} Reply with just the number." if target.isdigit() else f"{text} Reply with the answer only."
+    if target:
+        return f"{text} Explain in one short sentence, then write 'Answer:' followed by the answer."
+    return f"{text} Answer in one short sentence."
 
 
 def make_split(counts: dict, pools: dict, seed: int) -> list[dict]:
@@ -90,12 +88,19 @@ def make_split(counts: dict, pools: dict, seed: int) -> list[dict]:
             stage = "direct" if i % 4 == 3 else "reasoning"  # reasoning : direct = 3 : 1
             text, target, difficulty = question(kind, rng, pools)
             rows.append({
-                "prompt": [{"role": "user", "content": styled(text, stage, bool(target))}],
+                "prompt": [{"role": "user", "content": styled(text, stage, target)}],
                 "kind": kind, "stage": stage, "difficulty": difficulty, "target": target,
             })  # fmt: skip
             i += 1
     rng.shuffle(rows)
     return rows
+
+
+def pairs(rng: random.Random, ok) -> list[tuple[int, int]]:
+    """Every one-digit pair ``(a, b)`` that ``ok`` accepts, shuffled."""
+    out = [(a, b) for a in range(1, 10) for b in range(1, 10) if ok(a, b)]
+    rng.shuffle(out)
+    return out
 
 
 def main(root: Path | None = None) -> dict[str, int]:
@@ -104,14 +109,17 @@ def main(root: Path | None = None) -> dict[str, int]:
     capitals, opposites, topics = CAPITALS[:], OPPOSITES[:], TOPICS[:]
     for pool in (capitals, opposites, topics):
         rng.shuffle(pool)
-    held = {"facts": capitals[:8], "opposites": opposites[:6], "topics": topics[:6], "colors": COLORS[:]}
-    train = {"facts": capitals[8:] * 2, "opposites": opposites[6:] * 2, "topics": topics[6:] * 3}
+    sums, times = pairs(rng, lambda a, b: True), pairs(rng, lambda a, b: True)  # 81 each, split without overlap
+    held = {"facts": capitals[:8], "opposites": opposites[:8], "topics": topics[:6], "colors": COLORS[:],
+            "sums": sums[:45], "times": times[:45], "subtraction": pairs(rng, lambda a, b: a > b)}  # fmt: skip
+    train = {"facts": capitals[8:] * 2, "opposites": opposites[8:] * 2, "topics": topics[6:] * 3,
+             "sums": sums[45:], "times": times[45:]}  # fmt: skip
     splits = {
         "train": make_split(
-            {"sums": 48, "facts": 40, "compare": 24, "next_number": 24, "opposites": 24, "open": 24}, train, seed=1
+            {"sums": 36, "times": 36, "facts": 56, "opposites": 40, "open": 24}, train, seed=1
         ),
         "heldout": make_split(
-            {"sums": 12, "facts": 8, "compare": 6, "opposites": 6, "open": 6, "subtraction": 8, "colors": 8},
+            {"sums": 45, "times": 45, "facts": 8, "opposites": 8, "subtraction": 36, "colors": 8, "open": 6},
             held, seed=2,
         ),
     }  # fmt: skip

@@ -26,6 +26,7 @@ from .checkpoints import resumable_checkpoint
 from .config import PipelineConfig, StageSpec, parse_reference
 from .decisions import StageFacts, decide
 from .stages import KINDS, MODEL_KINDS, PipelineError, validate_script_config
+from .teacher_consistency import teacher_mismatches
 
 RECORD = "stage.json"
 STARTED = "stage.started.json"  # the key a stage started with: a resume is only a resume of the same work
@@ -234,6 +235,8 @@ class PipelineRunner:
         self.echo(f"Pipeline {self.config.source or ''} -> {self.output_dir}")
         for stage in self.stages:
             self.echo(f"  {stage.spec.dir_name:<28} {stage.spec.kind:<16} {stage.action.upper():<7} {stage.reason}")
+        for warning in teacher_mismatches(self.stages):
+            self.echo(warning)
 
     # ------------------------------------------------------------------ run
     def run(self, until: str | None = None, dry_run: bool = False) -> list[PlannedStage]:
