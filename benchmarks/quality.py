@@ -49,41 +49,51 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("trl_sft", "curriculum_sft", "trl_gkd", "trl_distillation", "ours_offline", "ours_recipe",
-        "ours_recipe_reverse", "ours_recipe_jsd")  # fmt: skip
+ARMS = ("trl_sft", "curriculum_sft", "trl_gkd_fkl", "trl_gkd_jsd", "trl_distillation", "trl_distillation_warm",
+        "ours_offline", "ours_recipe", "ours_recipe_fkl", "ours_recipe_reverse", "ours_recipe_jsd")  # fmt: skip
+DEFAULT_ARMS = ("trl_sft", "trl_gkd_fkl", "trl_gkd_jsd", "trl_distillation_warm", "ours_offline", "ours_recipe")
+FIGURES = ("kl", "top1", "rouge_l", "accuracy")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
+    p.add_argument("--row_suffix", default="", help="appended to each row's name (a lever's run, e.g. '+ce')")
     p.add_argument("--workdir", default=str(Path.home() / ".cache/trl-edge/quality"))
     p.add_argument("--student_layers", type=int, default=14)
     p.add_argument("--steps", type=int, default=80)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=3e-4, help="every row (1e-4: worse KD, worse SFT top-1)")
-    p.add_argument("--max_new_tokens", type=int, default=40, help="teacher answers, rollouts, evaluation")
+    p.add_argument("--max_new_tokens", type=int, default=56,
+                   help="teacher answers, rollouts, evaluation (every teacher answer ends within 50 tokens)")
     p.add_argument("--max_length", type=int, default=160)
     p.add_argument("--top_k", type=int, default=64)
     p.add_argument("--train_prompts", type=int, default=None, help="first N training prompts (default: all)")
     p.add_argument("--heldout_prompts", type=int, default=None)
     # ours_recipe
-    p.add_argument("--sft_steps", type=int, default=40, help="SFT steps before the KD rounds")
+    p.add_argument("--sft_steps", type=int, default=40, help="warm-up steps before the KD rounds")
     p.add_argument(
         "--recipe_sft",
-        choices=["plain", "curriculum"],
+        choices=["plain", "curriculum", "kd"],
         default="plain",
-        help="the SFT before the KD rounds: random order, or curriculum_sft's stages and pacing",
+        help="the warm-up before the KD rounds: SFT in random order, curriculum SFT, or offline KD on the teacher's "
+        "answers (ours_offline's loss)",
     )
+    p.add_argument("--rollout_ce_weight", type=float, default=None,
+                   help="CE weight on the student's rollouts (default: none, the trainer's rule; 0.1: the old loss)")
+    p.add_argument("--truncated_samples", default="keep", choices=["keep", "drop", "mask"])
+    p.add_argument("--truncated_answers", default="drop", choices=["keep", "drop"],
+                   help="teacher answers cut at max_new_tokens: dropped, or kept token-exact without an end-of-turn")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rollout_temperature", type=float, default=0.7)
     p.add_argument("--rollout_top_p", type=float, default=0.9)
     p.add_argument("--rollout_samples", type=int, default=1)
     p.add_argument("--rollout_prompts", type=int, default=96, help="training prompts the student samples per round")
     p.add_argument("--answer_share", type=float, default=0.7, help="share of teacher answers in each KD round")
+    p.add_argument("--recipe_divergence", default="jsd", help="divergence of ours_recipe's rounds")
     p.add_argument("--kd_weight", type=float, default=0.9, help="KD share of the loss in the recipe's KD rounds")
     p.add_argument("--offline_kd_weight", type=float, default=0.9, help="KD share of the loss in ours_offline")
     p.add_argument("--offline_divergence", default="jsd", help="divergence of ours_offline (forward_kl was worse)")
-    p.add_argument("--gkd_beta", type=float, default=0.5, help="trl_gkd's JSD beta (TRL's default; 0: forward KL)")
     p.add_argument("--kd_temperature", type=float, default=1.0, help="distillation temperature of our KD rows")
     p.add_argument("--kd_learning_rate", type=float, default=None, help="default: --learning_rate")
     p.add_argument("--threads", type=int, default=2)
@@ -119,7 +129,7 @@ def setup(args) -> dict:
     from trl_edge import cache_teacher_logits, generate_rollouts, make_student
     from trl_edge.embedded import ensure_embedded_model
     from trl_edge.model_loading import load_causal_lm, load_tokenizer
-    from trl_edge.scripts.teacher_answers import answers_dataset
+    from trl_edge.scripts.teacher_answers import answer_lengths, answers_dataset
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -129,7 +139,7 @@ def setup(args) -> dict:
     student_dir = work / f"student-{args.student_layers}"
     if not (student_dir / "config.json").is_file():
         make_student(teacher_dir, args.student_layers, str(student_dir))
-    tag = f"n{args.train_prompts or 'all'}-h{args.heldout_prompts or 'all'}-t{args.max_new_tokens}"
+    tag = f"n{args.train_prompts or 'all'}-h{args.heldout_prompts or 'all'}-t{args.max_new_tokens}-{data_version()}"
     made = {"teacher": teacher_dir, "student": str(student_dir), "tokenizer": tokenizer, "teacher_model": teacher}
     timings = {}
     for split, limit in (("train", args.train_prompts), ("heldout", args.heldout_prompts)):
@@ -146,13 +156,56 @@ def setup(args) -> dict:
             shard_size=64,
             use_cpu=True,
         )
-        cache = cache_teacher_logits(teacher, tokenizer, rollouts, work / f"cache-{split}-{tag}-k{args.top_k}",
+        answered = time.perf_counter()
+        if split == "train" and args.truncated_answers == "drop":  # the cache holds what SFT trains on
+            keep = [i for i, r in enumerate(rollouts.to_dataset()["finish_reason"]) if r != "length"]
+            scored = rollouts.to_dataset().select(keep)
+            lengths = answer_lengths(rollouts, args.max_new_tokens)
+            log(f"teacher answers ({split}): {lengths}")
+            made["answer_lengths"] = lengths
+        else:
+            scored = rollouts
+        cache = cache_teacher_logits(teacher, tokenizer, _scorable(scored, rollouts), work /
+                                     f"cache-{split}-{tag}-k{args.top_k}-{args.truncated_answers}",
                                      top_k=args.top_k, batch_size=16, use_cpu=True)  # fmt: skip
-        made[f"{split}_answers"] = answers_dataset(rollouts, data, tokenizer, keep_truncated=True)
+        keep_cut = split == "heldout" or args.truncated_answers == "keep"  # held out: one row per cached answer
+        made[f"{split}_answers"] = answers_dataset(rollouts, data, tokenizer, keep_truncated=keep_cut)
         made[f"{split}_cache"] = cache
-        timings[split] = time.perf_counter() - start
+        timings[f"{split}_answers"] = answered - start
+        timings[f"{split}_cache"] = time.perf_counter() - answered
     made["setup_s"] = timings
     return made
+
+
+def data_version() -> str:
+    import hashlib
+
+    text = b"".join((ROOT / f"recipes/quickstart/data/{s}/prompts.jsonl").read_bytes() for s in ("train", "heldout"))
+    return hashlib.sha256(text).hexdigest()[:8]
+
+
+def _scorable(rows, rollouts):
+    """The rollout set itself, or (some answers dropped) its kept samples as the same token-exact scoring plan."""
+    if rows is rollouts or len(rows) == len(rollouts):
+        return rollouts
+    from trl_edge.cache.plan import ScoringSource
+
+    class Kept(ScoringSource):
+        def scoring_plan(self):
+            import numpy as np
+
+            from trl_edge.cache.plan import ScoringPlan
+
+            seqs = [np.asarray(p + c, dtype=np.int32) for p, c in zip(rows["prompt_ids"], rows["completion_ids"])]
+            labs = [np.asarray([-100] * len(p) + c, dtype=np.int32)
+                    for p, c in zip(rows["prompt_ids"], rows["completion_ids"])]  # fmt: skip
+            offsets = np.concatenate([[0], np.cumsum([len(x) for x in seqs])])
+            return ScoringPlan.from_arrays(
+                np.concatenate(seqs), np.concatenate(labs), offsets, {"finish_reason": rows["finish_reason"]},
+                source=rollouts.metadata.provenance(), tokenization={"rollouts": True},
+            )  # fmt: skip
+
+    return Kept()
 
 
 # ------------------------------------------------------------------------------------------------------------ arms
@@ -212,41 +265,65 @@ def arm_curriculum_sft(args, made, out):
     return model, {"train_s": seconds}
 
 
-def arm_trl_gkd(args, made, out):
+def _trl_gkd(args, made, out, beta):
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     model = load_student(made["student"])
     rows = [{"messages": r["prompt"] + r["completion"]} for r in made["train_answers"]]
-    config = train_args(GKDConfig, args, out, args.steps, lmbda=0.0, beta=args.gkd_beta, temperature=1.0,
+    config = train_args(GKDConfig, args, out, args.steps, lmbda=0.0, beta=beta, temperature=1.0,
                         max_new_tokens=args.max_new_tokens)  # fmt: skip
     trainer = GKDTrainer(model=model, teacher_model=made["teacher_model"], args=config,
                          train_dataset=Dataset.from_list(rows), processing_class=made["tokenizer"])  # fmt: skip
     return model, {"train_s": train(trainer)}
 
 
-def arm_trl_distillation(args, made, out):
+def arm_trl_gkd_fkl(args, made, out):
+    """GKD with forward KL (beta 0) on the teacher's answers (lmbda 0), the teacher live."""
+    return _trl_gkd(args, made, out, 0.0)
+
+
+def arm_trl_gkd_jsd(args, made, out):
+    """GKD with its default JSD (beta 0.5) on the teacher's answers (lmbda 0), the teacher live."""
+    return _trl_gkd(args, made, out, 0.5)
+
+
+def _trl_distillation(args, made, out, model, steps):
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
 
-    model = load_student(made["student"])
     rows = [{"prompt": r["prompt"]} for r in made["train_answers"]]
-    config = train_args(DistillationConfig, args, out, args.steps, max_completion_length=args.max_new_tokens,
+    config = train_args(DistillationConfig, args, out, steps, max_completion_length=args.max_new_tokens,
                         temperature=1.0)  # fmt: skip
     data = Dataset.from_list(rows)
     trainer = DistillationTrainer(model=model, teacher_model=made["teacher_model"], args=config, train_dataset=data,
                                   processing_class=made["tokenizer"])  # fmt: skip
-    return model, {"train_s": train(trainer)}
+    return model, train(trainer)
 
 
-def _kd(args, made, out, steps, caches, weights=None, divergence="forward_kl", model=None, kd_weight=None):
+def arm_trl_distillation(args, made, out):
+    """TRL's DistillationTrainer from the pruned student (it diverged there in earlier runs)."""
+    model, seconds = _trl_distillation(args, made, out, load_student(made["student"]), args.steps)
+    return model, {"train_s": seconds}
+
+
+def arm_trl_distillation_warm(args, made, out):
+    """TRL's DistillationTrainer from the same warm-up as ours_recipe, for the same remaining steps: its fair use."""
+    model, warm_s, shared = _warm_up(args, made, out)
+    model, seconds = _trl_distillation(args, made, out, model, args.steps - args.sft_steps)
+    return model, {"train_s": warm_s + seconds, "wall_shared_s": shared}
+
+
+def _kd(args, made, out, steps, caches, weights=None, divergence="forward_kl", model=None, kd_weight=None,
+        ce_weights=None):  # fmt: skip
     from trl_edge import OfflineOnPolicyKDConfig, OfflineOnPolicyKDTrainer
 
     model = model if model is not None else load_student(made["student"])
     config = train_args(
         OfflineOnPolicyKDConfig, args, out, steps, kd_weight=args.kd_weight if kd_weight is None else kd_weight,
         divergence=divergence, teacher_cache_weights=weights, temperature=args.kd_temperature,
-        learning_rate=args.kd_learning_rate or args.learning_rate,
+        learning_rate=args.kd_learning_rate or args.learning_rate, teacher_cache_ce_weights=ce_weights,
+        truncated_samples=args.truncated_samples,
     )  # fmt: skip
     trainer = OfflineOnPolicyKDTrainer(model, config, train_dataset=caches, processing_class=made["tokenizer"])
     return model, train(trainer)
@@ -258,20 +335,31 @@ def arm_ours_offline(args, made, out):
     return model, {"train_s": seconds}
 
 
-def _recipe(args, made, out, divergence):
-    from trl_edge import cache_teacher_logits, generate_rollouts
-
+def _warm_up(args, made, out):
+    """The recipe's warm-up (``--recipe_sft``), trained once and shared by the rows that start from it."""
     reused = "recipe_sft" in made
-    if not reused:  # the recipe rows share one SFT warm-up (deterministic): train it once
-        model, seconds = _curriculum_sft(
-            args, made, out / "sft", args.sft_steps, curriculum=args.recipe_sft == "curriculum"
-        )
+    if not reused:
+        if args.recipe_sft == "kd":
+            model, seconds = _kd(args, made, out / "warmup", args.sft_steps, [made["train_cache"]],
+                                 divergence=args.offline_divergence, kd_weight=args.offline_kd_weight)  # fmt: skip
+        else:
+            model, seconds = _curriculum_sft(
+                args, made, out / "sft", args.sft_steps, curriculum=args.recipe_sft == "curriculum"
+            )
         made["recipe_sft"] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, seconds)
     model = load_student(made["student"])
     model.load_state_dict(made["recipe_sft"][0])
-    train_s = made["recipe_sft"][1]  # counted in every row that starts from it
+    # the warm-up's time counts in every row that starts from it (as wall time where it was trained by another row)
+    return model, made["recipe_sft"][1], made["recipe_sft"][1] if reused else 0.0
+
+
+def _recipe(args, made, out, divergence):
+    from trl_edge import cache_teacher_logits, generate_rollouts
+
+    model, train_s, shared = _warm_up(args, made, out)
     other_s = 0.0
     per_round = (args.steps - args.sft_steps) // args.rounds
+    drift = []
     for r in range(1, args.rounds + 1):
         steps = per_round if r < args.rounds else args.steps - args.sft_steps - per_round * (args.rounds - 1)
         start = time.perf_counter()
@@ -284,16 +372,26 @@ def _recipe(args, made, out, divergence):
         cache = cache_teacher_logits(made["teacher_model"], made["tokenizer"], rollouts, out / f"cache-{r}",
                                      top_k=args.top_k, batch_size=16, use_cpu=True)  # fmt: skip
         other_s += time.perf_counter() - start
-        caches, weights = [cache], None
+        caches, weights, ce = [cache], None, None
         if args.answer_share > 0:
             caches, weights = [cache, made["train_cache"]], [1 - args.answer_share, args.answer_share]
-        model, seconds = _kd(args, made, out / f"kd-{r}", steps, caches, weights, divergence, model=model)
+        if args.rollout_ce_weight is not None:
+            ce = [args.rollout_ce_weight] + ([1 - args.kd_weight] if args.answer_share > 0 else [])
+        model, seconds = _kd(args, made, out / f"kd-{r}", steps, caches, weights, divergence, model=model,
+                             ce_weights=ce)  # fmt: skip
+        record = json.loads((out / f"kd-{r}" / "distillation_sources.json").read_text())
+        drift.append(next(iter(record["onpolicy_drift"].values()), None))
         train_s += seconds
-    shared = made["recipe_sft"][1] if reused else 0.0  # added to the wall time of the rows that reuse the warm-up
-    return model, {"train_s": train_s, "rollouts_and_caching_s": other_s, "wall_shared_s": shared}
+    return model, {"train_s": train_s, "rollouts_and_caching_s": other_s, "wall_shared_s": shared,
+                   "onpolicy_drift": drift}  # fmt: skip
 
 
 def arm_ours_recipe(args, made, out):
+    """The recommended recipe: warm-up, then on-policy rounds (``--recipe_divergence``, default JSD)."""
+    return _recipe(args, made, out, args.recipe_divergence)
+
+
+def arm_ours_recipe_fkl(args, made, out):
     return _recipe(args, made, out, "forward_kl")
 
 
@@ -306,67 +404,69 @@ def arm_ours_recipe_jsd(args, made, out):
 
 
 # ------------------------------------------------------------------------------------------------------------ eval
-def evaluate(model, made, args, out: Path | None = None) -> dict:
+def evaluate(model, made, args, out: Path) -> dict:
+    """Every figure on the held-out split, and each one per prompt (for the paired intervals)."""
     from trl_edge import evaluate_fidelity, evaluate_generation
 
-    fidelity = evaluate_fidelity(model, made["heldout_cache"], 16, tokenizer=made["tokenizer"], chunk_size=512)
+    fidelity = evaluate_fidelity(model, made["heldout_cache"], 16, tokenizer=made["tokenizer"], chunk_size=512,
+                                 per_sample=True)  # fmt: skip
+    each = fidelity["fidelity/per_sample"]
+    out.mkdir(parents=True, exist_ok=True)
     answers = made["heldout_answers"]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     generation = evaluate_generation(model, made["tokenizer"], answers, max_new_tokens=args.max_new_tokens,
-                                     batch_size=16, reference_column="completion",
-                                     predictions_file=None if out is None else out / "predictions.jsonl")  # fmt: skip
-    with_truth = answers.filter(lambda r: bool(r["target"]))
-    truth = evaluate_generation(model, made["tokenizer"], with_truth, max_new_tokens=args.max_new_tokens,
-                                batch_size=16, reference_column="completion", target_column="target")  # fmt: skip
+                                     batch_size=16, reference_column="completion", target_column="target",
+                                     predictions_file=out / "predictions.jsonl")  # fmt: skip
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines() if line.strip()]
     return {
         "kl": fidelity["fidelity/kl"], "top1": fidelity["fidelity/top1_agreement"],
-        "rouge_l": generation["generation/rouge_l"], "accuracy": truth["generation/exact_match"],
+        "rouge_l": generation["generation/rouge_l"], "accuracy": generation["generation/exact_match"],
         "hit_max_new_tokens": generation["generation/hit_max_new_tokens"],
-        "rouge_l_by_kind": {
-            k.split("=", 1)[1]: v for k, v in generation.items() if k.startswith("generation/rouge_l/kind=")
-        },
         "accuracy_by_kind": {
-            k.split("=", 1)[1]: v for k, v in truth.items() if k.startswith("generation/exact_match/kind=")
+            k.split("=", 1)[1]: v for k, v in generation.items() if k.startswith("generation/exact_match/kind=")
         },
-        "rouge_l_per_prompt": per_prompt_rouge(out / "predictions.jsonl") if out is not None else None,
+        "per_prompt": {
+            "kl": each["kl"], "top1": each["top1_agreement"],
+            "rouge_l": [r["rouge_l"] for r in rows], "accuracy": [r["exact_match"] for r in rows],
+        },
     }  # fmt: skip
 
 
-def per_prompt_rouge(path: Path) -> list[float]:
-    return [json.loads(line)["rouge_l"] for line in path.read_text().splitlines() if line.strip()]
-
-
-def paired_difference(row: dict, base: dict | None) -> str:
-    """ROUGE-L minus the base row's, prompt by prompt: mean and 95% half-width (normal approximation)."""
-    a, b = row["metrics"].get("rouge_l_per_prompt"), (base or {}).get("metrics", {}).get("rouge_l_per_prompt")
-    if not a or not b or len(a) != len(b) or a is b:
+def paired(row: dict, base: dict | None, figure: str) -> str:
+    """The row's figure minus the base row's, prompt by prompt: mean and 95% half-width (normal approximation)."""
+    a = row["metrics"].get("per_prompt", {}).get(figure)
+    b = (base or {}).get("metrics", {}).get("per_prompt", {}).get(figure)
+    if not a or not b or len(a) != len(b) or row is base:
         return "-"
-    diffs = [x - y for x, y in zip(a, b)]
+    diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
     mean = sum(diffs) / len(diffs)
     sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
     return f"{mean:+.3f} ± {1.96 * sd / len(diffs) ** 0.5:.3f}"
 
 
 def table(results: dict) -> str:
+    c = results["config"]
     lines = [
-        f"Teacher SmolLM2-135M-Instruct; student: its {results['config']['student_layers']}-layer pruned copy; "
-        f"{results['config']['steps']} steps x {results['config']['batch_size']} sequences, lr "
-        f"{results['config']['learning_rate']}; held out: {results['heldout']} prompts",
+        f"Teacher SmolLM2-135M-Instruct; student: its {c['student_layers']}-layer pruned copy; {c['steps']} steps x "
+        f"{c['batch_size']} sequences, lr {c['learning_rate']}; held out: {results['heldout']} prompts; differences "
+        "against trl_sft (same seed), prompt by prompt, mean ± 95% half-width",
         "",
-        "| row | KL to teacher (nats/token, lower is better) | top-1 agreement | ROUGE-L vs teacher | ROUGE-L minus "
-        "trl_sft's, paired (95%) | accuracy vs ground truth | wall time (s) | of which training (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | KL ↓ | Δ KL | top-1 | Δ top-1 | ROUGE-L | Δ ROUGE-L | accuracy | Δ accuracy | wall (s) | "
+        "training (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in results["rows"].items():
         m = r["metrics"]
+        seed = name.split("@s")[1] if "@s" in name else None
+        base = results["rows"].get("trl_sft" + (f"@s{seed}" if seed else ""))
         wall, trained = r.get("wall_s"), r.get("train_s")
-        lines.append(
-            f"| {name} | {m['kl']:.3f} | {m['top1']:.3f} | {m['rouge_l']:.3f} | "
-            f"{paired_difference(r, results['rows'].get('trl_sft'))} | {m['accuracy']:.3f} | "
-            f"{'-' if wall is None else f'{wall:.0f}'} | {'-' if trained is None else f'{trained:.0f}'} |"
-        )
+        cells = " | ".join(f"{m[f]:.3f} | {paired(r, base, f)}" for f in FIGURES)
+        lines.append(f"| {name} | {cells} | {'-' if wall is None else f'{wall:.0f}'} | "
+                     f"{'-' if trained is None else f'{trained:.0f}'} |")  # fmt: skip
     return "\n".join(lines)
+
+
+ROW_SETTINGS = ("arms", "output_json", "no_reference", "seed", "row_suffix", "rollout_ce_weight",
+                "truncated_samples", "recipe_sft", "recipe_divergence", "rounds", "answer_share")  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -377,23 +477,31 @@ def main(argv=None) -> dict:
     made = setup(args)
     log(f"setup: {made['setup_s']}")
     previous = json.loads(Path(args.output_json).read_text()) if Path(args.output_json).is_file() else {}
-    results = {"config": {k: v for k, v in vars(args).items() if k not in ("arms", "output_json", "no_reference")},
-               "heldout": len(made["heldout_answers"]), "setup_s": made["setup_s"], "rows": {}}  # fmt: skip
-    if previous.get("config") == results["config"]:  # same settings: keep the rows not rerun this time
+    config = {k: v for k, v in vars(args).items() if k not in ROW_SETTINGS}
+    results = {"config": config, "heldout": len(made["heldout_answers"]), "setup_s": made["setup_s"],
+               "answer_lengths": made.get("answer_lengths"), "rows": {}}  # fmt: skip
+    if previous.get("config") == config:  # same shared settings: keep the rows not rerun this time
         results["rows"] = previous.get("rows", {})
     for name, path in (("teacher", made["teacher"]), ("pruned student", made["student"])):
         if name not in results["rows"] and not args.no_reference:
             out = Path(args.workdir) / "runs" / name.replace(" ", "_")
             results["rows"][name] = {"metrics": evaluate(load_student(path), made, args, out)}
+    setup_s = made["setup_s"]
     for arm in args.arms:
-        out = Path(args.workdir) / "runs" / arm
+        name = arm + args.row_suffix + (f"@s{args.seed}" if args.seed else "")
+        out = Path(args.workdir) / "runs" / name
         shutil.rmtree(out, ignore_errors=True)
-        log(f"{arm} ...")
+        log(f"{name} ...")
         start = time.perf_counter()
         model, times = globals()[f"arm_{arm}"](args, made, out)
-        wall = time.perf_counter() - start + times.pop("wall_shared_s", 0.0)
-        results["rows"][arm] = {"metrics": evaluate(model, made, args, out), "wall_s": wall, **times}
-        log(f"{arm}: {results['rows'][arm]['metrics']} in {wall:.0f} s")
+        # every row learns from the teacher's answers; the KD rows from their cache too
+        shared = setup_s["train_answers"] + (setup_s["train_cache"] if arm.startswith("ours") else 0.0)
+        wall = time.perf_counter() - start + times.pop("wall_shared_s", 0.0) + shared
+        settings = {k: getattr(args, k) for k in ROW_SETTINGS[3:]}
+        results["rows"][name] = {"metrics": evaluate(model, made, args, out), "wall_s": wall, "settings": settings,
+                                 **times}  # fmt: skip
+        log(f"{name}: { {k: v for k, v in results['rows'][name]['metrics'].items() if k != 'per_prompt'} } "
+            f"in {wall:.0f} s")  # fmt: skip
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(results, indent=2))
     print(table(results))

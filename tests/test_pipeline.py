@@ -226,6 +226,7 @@ def test_the_stage_kinds_are_one_table():
     from trl_edge.pipeline.runner import RECORD, STARTED, VOLATILE_FILES
     from trl_edge.rollout import METADATA_FILE as ROLLOUT_METADATA
     from trl_edge.student import PROVENANCE_FILE
+    from trl_edge.trainer.offline_kd_trainer import SOURCES_FILE as KD_SOURCES
 
     assert STAGE_KINDS == tuple(KINDS) == ("make_student", "teacher_answers", "sft", "rollout", "cache", "kd", "eval",
                                            "export")  # fmt: skip
@@ -243,7 +244,8 @@ def test_the_stage_kinds_are_one_table():
     owners = {
         "make_student": {PROVENANCE_FILE},
         "sft": {transformers.trainer.TRAINING_ARGS_NAME, transformers.trainer.TRAINER_STATE_NAME, "README.md"},
-        "kd": {transformers.trainer.TRAINING_ARGS_NAME, transformers.trainer.TRAINER_STATE_NAME, "README.md"},
+        "kd": {transformers.trainer.TRAINING_ARGS_NAME, transformers.trainer.TRAINER_STATE_NAME, "README.md",
+               KD_SOURCES},  # names the caches' paths
         "rollout": {ROLLOUT_METADATA},
         "cache": {CACHE_METADATA},
         "export": {REPORT_NAME},
@@ -251,7 +253,7 @@ def test_the_stage_kinds_are_one_table():
     assert {k: set(kind.volatile_files) for k, kind in KINDS.items() if kind.volatile_files} == owners
     assert VOLATILE_FILES == {"training_args.bin", "trainer_state.json", "log.txt", "README.md", "config.yaml", RECORD,
                               STARTED, "metadata.json", "rollouts.json", "student_provenance.json",
-                              "export_report.json"}  # fmt: skip
+                              "export_report.json", KD_SOURCES}  # fmt: skip
 
 
 # ---------------------------------------------------------------- a real run
@@ -273,6 +275,12 @@ def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts):
     assert kl > 0 and f"{kl:.4g}" in report and "07-kd-r2" in report
     assert all(s["seconds"] > 0 and s["storage_bytes"] > 0 for s in metrics["stages"])
     assert set(metrics["loss_curves"]) == {"01-sft", "04-kd-r1", "07-kd-r2"}
+    # what each round learned from: the student's rollouts, no CE on them; how far it moved from their policy
+    assert "## What each KD stage learned from" in report and "## Teacher answers" in report
+    sources = metrics["kd_sources"]["07-kd-r2"]
+    assert [s["written_by"] for s in sources["sources"]] == ["student", "student"]
+    assert all(s["ce_weight"] == 0 for s in sources["sources"])
+    assert sources["onpolicy_drift"] and metrics["teacher_answers"]["00-answers"]["lengths"]["answers"] == 12
 
     # 2. Killed in round 2 while caching, as a kill leaves the disk: the cache half written, KD not started (its
     #    directory never made), no record for either. Rerun, it redoes no finished stage, resumes the cache from its

@@ -35,6 +35,12 @@ def _open(cache, tokenizer) -> TeacherLogitCache:
 
 
 @torch.no_grad()
+def _append(each: dict, kl: float, top1: float, positions: int) -> None:
+    each["kl"].append(kl)
+    each["top1_agreement"].append(top1)
+    each["num_positions"].append(positions)
+
+
 def evaluate_fidelity(
     model,
     cache,
@@ -43,6 +49,8 @@ def evaluate_fidelity(
     tokenizer=None,
     chunk_size: int = 1024,
     max_samples: int | None = None,
+    samples: list[int] | None = None,
+    per_sample: bool = False,
 ) -> dict[str, float]:
     """Per-token KL(teacher || student), top-1 agreement and CE of ``model`` on a held-out teacher cache.
 
@@ -53,6 +61,9 @@ def evaluate_fidelity(
         tokenizer: when given, the cache must have been made with this vocabulary (checked by fingerprint).
         chunk_size: scored positions projected through the LM head at a time (bounds the ``[chunk, V]`` logits).
         max_samples: evaluate only the first ``max_samples`` sequences.
+        samples: evaluate only these sequences.
+        per_sample: also return ``"fidelity/per_sample"``: each sequence's KL, top-1 agreement and scored positions
+            (paired comparisons of two models on the same prompts need them).
 
     Returns:
         ``{"fidelity/kl": ..., "fidelity/top1_agreement": ..., "fidelity/ce": ..., "fidelity/num_positions": ...,
@@ -66,6 +77,8 @@ def evaluate_fidelity(
     cache.check_head_size(head.weight.shape[0])  # a head padded past the cache's vocabulary is fine
     check_plain_lm_head(model, "Fidelity (it projects the hidden states through the LM head itself)")
     n = len(cache) if max_samples is None else min(len(cache), int(max_samples))
+    rows = list(range(n)) if samples is None else [int(i) for i in samples]
+    n = len(rows)
     if n == 0:
         raise ValueError(f"The teacher cache at {cache.path} holds no samples to evaluate on.")
     device = input_device(model)
@@ -74,9 +87,10 @@ def evaluate_fidelity(
     model.eval()
     kd = ce = top1 = 0.0
     positions = 0
+    each = {"kl": [], "top1_agreement": [], "num_positions": []}
     try:
         for start in range(0, n, batch_size):
-            batch = cache.collate(range(start, min(start + batch_size, n)), pad_token_id=pad)
+            batch = cache.collate(rows[start : start + batch_size], pad_token_id=pad)
             outputs = model(
                 input_ids=batch["input_ids"].to(device),
                 attention_mask=batch["attention_mask"].to(device),
@@ -89,27 +103,37 @@ def evaluate_fidelity(
             at_head = {key: value.to(last.device) for key, value in batch.items()}
             # Position t predicts token t + 1: the cache marks t, so hidden states and targets are shifted by one
             mask = at_head["teacher_mask"][:, :-1]
-            result = chunked_kd_loss(
+            flat = (
                 last[:, :-1][mask],
-                head.weight,
-                head.bias,
                 at_head["teacher_topk_ids"][:, :-1][mask],
                 at_head["teacher_topk_logprobs"][:, :-1][mask],
                 at_head["teacher_token_logprobs"][:, :-1][mask],
                 at_head["input_ids"][:, 1:][mask],
-                kd_weight=1.0,
-                divergence="forward_kl",
-                tail="bucket",
-                chunk_size=chunk_size,
             )
-            kd += float(result.kd_sum)
-            ce += float(result.ce_sum)
-            top1 += float(result.top1_agreement_sum)
-            positions += result.num_positions
+            counts = mask.sum(-1).tolist() if per_sample else [int(mask.sum())]
+            start_row = 0
+            for n in counts:  # one loss call per sequence when its own figures are wanted, else one per batch
+                part = [x[start_row : start_row + n] for x in flat]
+                start_row += n
+                if n == 0:
+                    if per_sample:
+                        _append(each, float("nan"), float("nan"), 0)
+                    continue
+                result = chunked_kd_loss(
+                    part[0], head.weight, head.bias, *part[1:], kd_weight=1.0, divergence="forward_kl",
+                    tail="bucket", chunk_size=chunk_size,
+                )  # fmt: skip
+                kd += float(result.kd_sum)
+                ce += float(result.ce_sum)
+                top1 += float(result.top1_agreement_sum)
+                positions += result.num_positions
+                if per_sample:
+                    _append(each, float(result.kd_sum) / n, float(result.top1_agreement_sum) / n, n)
     finally:
         model.train(was_training)
     count = max(positions, 1)
-    return {
+    extra = {"fidelity/per_sample": each} if per_sample else {}
+    return {**extra,
         "fidelity/kl": kd / count,
         "fidelity/top1_agreement": top1 / count,
         "fidelity/ce": ce / count,

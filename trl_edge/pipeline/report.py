@@ -46,6 +46,76 @@ def _evaluation(stage: PlannedStage) -> dict | None:
     return {k: v for k, v in data.items() if isinstance(v, int | float)}
 
 
+GAIN_FIGURES = {  # figure -> where its per-prompt values are, and whether lower is better
+    "fidelity/kl": ("fidelity_per_sample.json", "kl"),
+    "fidelity/top1_agreement": ("fidelity_per_sample.json", "top1_agreement"),
+    "generation/rouge_l": ("generations.jsonl", "rouge_l"),
+    "generation/exact_match": ("generations.jsonl", "exact_match"),
+}
+
+
+def _per_prompt(stage: PlannedStage) -> dict[str, list]:
+    """Each headline figure prompt by prompt (the eval stage's per-sample files), for paired comparisons."""
+    directory, out = stage.directory / "eval", {}
+    fidelity, generations = directory / "fidelity_per_sample.json", directory / "generations.jsonl"
+    per_sample = json.loads(fidelity.read_text()) if fidelity.is_file() else {}
+    rows = [json.loads(x) for x in generations.read_text().splitlines() if x.strip()] if generations.is_file() else []
+    for figure, (file, key) in GAIN_FIGURES.items():
+        values = per_sample.get(key) if file.endswith(".json") else [r.get(key) for r in rows] if rows else None
+        if values:
+            out[figure] = values
+    return out
+
+
+def paired_gain(after: list, before: list) -> dict | None:
+    """Mean of ``after - before`` over the prompts both have a value for, with a 95% half-width (normal
+    approximation): the gain of one model over another on the same prompts."""
+    if len(after) != len(before):
+        return None
+    diffs = [a - b for a, b in zip(after, before) if a is not None and b is not None and a == a and b == b]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    return {"mean": mean, "half_width": 1.96 * sd / len(diffs) ** 0.5, "n": len(diffs)}
+
+
+def _gains_over_sft(stages: list[PlannedStage], evaluations: list[dict]) -> dict:
+    """Every student evaluation after the first one of an SFT stage's model, against it, figure by figure."""
+    kinds = {s.spec.name: s.spec.kind for s in stages}
+    by_dir = {s.spec.dir_name: s for s in stages}
+    base = next((e for e in evaluations if kinds.get(e["model"]) == "sft"), None)
+    if base is None:
+        return {}
+    before = _per_prompt(by_dir[base["stage"]])
+    gains = {"baseline": base["stage"], "rows": []}
+    started = False
+    for e in evaluations:
+        started = started or e is base
+        if not started or e is base or e["model"] == "teacher":
+            continue
+        after = _per_prompt(by_dir[e["stage"]])
+        figures = {f: paired_gain(after[f], before[f]) for f in GAIN_FIGURES if f in after and f in before}
+        gains["rows"].append({"stage": e["stage"], "model": e["model"], "figures": figures})
+    return gains
+
+
+def _side_records(stages: list[PlannedStage]) -> tuple[dict, dict]:
+    """What the teacher-answer stages measured (answer lengths, the teacher) and what each KD stage learned from
+    (its caches, who wrote them, their CE weights, the on-policy drift)."""
+    answers, kd = {}, {}
+    for stage in stages:
+        if stage.spec.kind == "teacher_answers":
+            path = stage.directory / "answers" / "teacher_answers.json"
+            if path.is_file():
+                answers[stage.spec.dir_name] = json.loads(path.read_text())
+        if stage.spec.kind == "kd":
+            path = stage.directory / "model" / "distillation_sources.json"
+            if path.is_file():
+                kd[stage.spec.dir_name] = json.loads(path.read_text())
+    return answers, kd
+
+
 def _model_label(stage: PlannedStage, stages: list[PlannedStage], models: dict) -> str:
     """What an eval stage evaluated: a model of `models` by name, or the stage whose output it is."""
     model = str(stage.config.get("model", ""))
@@ -80,6 +150,8 @@ def collect(stages: list[PlannedStage], models: dict) -> dict:
             out["evaluations"].append({"stage": stage.spec.dir_name, "model": label, "metrics": metrics})
     teacher = [e for e in out["evaluations"] if e["model"] == "teacher"]
     out["teacher"] = teacher[-1]["metrics"] if teacher else None
+    out["gains_over_sft"] = _gains_over_sft(stages, out["evaluations"])
+    out["teacher_answers"], out["kd_sources"] = _side_records(stages)
     return out
 
 
@@ -200,9 +272,60 @@ def _markdown(data: dict, plots: list[str], source: str | None) -> str:
             if kinds:
                 lines += [f"### `{metric}` by kind of prompt", ""]
                 lines += _table(data["evaluations"], [f"{metric}/kind={k}" for k in kinds], [f"`{k}`" for k in kinds])
+    lines += _gains_markdown(data.get("gains_over_sft") or {})
+    lines += _sources_markdown(data.get("teacher_answers") or {}, data.get("kd_sources") or {})
     for plot in plots:
         lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
+
+
+def _gains_markdown(gains: dict) -> list[str]:
+    if not gains.get("rows"):
+        return []
+    names = {"fidelity/kl": "KL (lower is better)", "fidelity/top1_agreement": "top-1 agreement",
+             "generation/rouge_l": "ROUGE-L", "generation/exact_match": "accuracy"}  # fmt: skip
+    lines = [f"## Gain over SFT (`{gains['baseline']}`)", "",
+             "Each figure minus the SFT student's, prompt by prompt on the same held-out prompts: mean ± 95% "
+             "half-width (normal approximation; an interval that excludes 0 is a gain or a loss).", "",
+             "| stage | model | " + " | ".join(names.values()) + " |",
+             "| --- | --- |" + " --- |" * len(names)]  # fmt: skip
+    for row in gains["rows"]:
+        cells = []
+        for figure in names:
+            g = row["figures"].get(figure)
+            cells.append("-" if g is None else f"{g['mean']:+.4g} ± {g['half_width']:.2g}")
+        lines.append(f"| {row['stage']} | {row['model']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _sources_markdown(answers: dict, kd: dict) -> list[str]:
+    lines = []
+    if answers:
+        lines += ["## Teacher answers", "", "| stage | answers | tokens p50 / p95 / max | cut at max_new_tokens |",
+                  "| --- | --- | --- | --- |"]  # fmt: skip
+        for stage, record in answers.items():
+            n = record.get("lengths", {})
+            lines.append(f"| {stage} | {n.get('answers')} | {n.get('p50', 0):.0f} / {n.get('p95', 0):.0f} / "
+                         f"{n.get('max')} | {n.get('cut_share', 0):.1%} of {n.get('max_new_tokens')} |")  # fmt: skip
+        lines.append("")
+    if kd:
+        lines += ["## What each KD stage learned from", "",
+                  "Per cache: who wrote its tokens, its share, its loss weights; the on-policy drift is the mean "
+                  "log-prob drift (nats/token) of the student from the policy that sampled the rollouts, at the "
+                  "start and the end of the stage.", "",
+                  "| stage | cache | written by | share | divergence weight | CE weight | drift start → end |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for stage, record in kd.items():
+            drift = record.get("onpolicy_drift", {})
+            for source in record.get("sources", []):
+                d = drift.get(source["path"])
+                nan = float("nan")
+                moved = f"{d.get('drift_start', nan):.4f} → {d.get('drift_end', nan):.4f}" if d else "-"
+                share = "-" if source.get("share") is None else f"{source['share']:.0%}"
+                lines.append(f"| {stage} | {Path(source['path']).parent.name} | {source['written_by']} | {share} | "
+                             f"{source['kd_weight']:g} | {source['ce_weight']:g} | {moved} |")  # fmt: skip
+        lines.append("")
+    return lines
 
 
 _BOOKKEEPING = {"fidelity/num_positions", "fidelity/num_samples", "generation/num_examples"}

@@ -20,6 +20,8 @@ from pathlib import Path
 from trl_edge.model_loading import ModelLoading
 from trl_edge.scripts import script_parser
 
+PER_SAMPLE_FILE = "fidelity_per_sample.json"  # each held-out sequence's KL and top-1 agreement, in cache order
+
 if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # run as a file, this folder would shadow the `evaluate` package with this very script
 
@@ -159,17 +161,19 @@ def main(args: EvalArguments, loading: ModelLoading | None = None) -> dict[str, 
         from trl_edge.evaluation.fidelity import evaluate_fidelity
 
         t0 = time.perf_counter()
-        metrics.update(
-            evaluate_fidelity(
-                model,
-                args.teacher_cache,
-                args.batch_size,
-                tokenizer=tokenizer,
-                chunk_size=args.fidelity_chunk_size,
-                max_samples=args.max_samples,
-            )
+        fidelity = evaluate_fidelity(
+            model,
+            args.teacher_cache,
+            args.batch_size,
+            tokenizer=tokenizer,
+            chunk_size=args.fidelity_chunk_size,
+            max_samples=args.max_samples,
+            per_sample=True,
         )
-        ran("fidelity", t0, teacher_cache=args.teacher_cache)
+        per_sample = fidelity.pop("fidelity/per_sample")
+        (output_dir / PER_SAMPLE_FILE).write_text(json.dumps(per_sample))  # paired comparisons read it
+        metrics.update(fidelity)
+        ran("fidelity", t0, teacher_cache=args.teacher_cache, per_sample=PER_SAMPLE_FILE)
     if args.generation_dataset:
         from trl_edge.evaluation.generation import evaluate_generation
 
