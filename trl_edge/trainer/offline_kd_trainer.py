@@ -27,6 +27,7 @@ from .cache_sources import check_one_teacher, eligible_rows, resolve_sources, tr
 from .curriculum_edge_trainer import CurriculumEdgeTrainer
 from .offline_kd_config import OfflineOnPolicyKDConfig
 from .onpolicy_drift import OnPolicyDrift, OnPolicyDriftCallback
+from .sharded_head import head_for_loss, run_inside_forward, sharding_of
 from .teacher_difficulty import TEACHER_DIFFICULTY_SOURCES, TeacherDifficultyScorer  # noqa: F401  (its home before)
 
 TEACHER_KEYS = ("teacher_mask", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_logprobs")
@@ -232,14 +233,7 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
             cache.check_head_size(head.weight.shape[0])
         self._check_sampling_consistency()
         check_plain_lm_head(unwrapped, "OfflineOnPolicyKDTrainer")
-        sharded = self.is_fsdp_enabled or (
-            self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
-        )
-        if sharded:
-            raise NotImplementedError(
-                "The distillation loss reads the LM head's weight directly, which FSDP and DeepSpeed ZeRO-3 shard "
-                "across ranks. Use DDP or ZeRO-1/2 (recipes/accelerate/*_multi.yaml, *_zero2.yaml) for now."
-            )
+        self.sharding = sharding_of(self)  # FSDP1 and ZeRO-3 stop here, with what to use instead
         # num_items_in_batch (the token count over accumulation steps and devices) is what the loss divides by.
         self.model_accepts_loss_kwargs = True
         self.kd_loss_options = self.args.kd_loss_options()
@@ -291,8 +285,24 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
         args = self.args
         teacher = {key: inputs.pop(key) for key in TEACHER_KEYS}
         weights = {key: inputs.pop(key) for key in WEIGHT_KEYS if key in inputs}
+        # The head is read inside the wrapped forward, where FSDP2 has it gathered (see trainer/sharded_head.py)
+        unwrapped = self.accelerator.unwrap_model(model)
+        result, outputs = run_inside_forward(
+            model, unwrapped, self._kd_loss_in_forward, unwrapped, inputs, teacher, weights, num_items_in_batch,
+            return_outputs,
+        )
+        loss = result.loss
+        # Like SFTTrainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients over ranks.
+        if args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        self._log_kd_metrics(mode, result, inputs["attention_mask"])
+        return (loss, outputs) if return_outputs else loss
+
+    def _kd_loss_in_forward(self, unwrapped, inputs, teacher, weights, num_items_in_batch, return_outputs):
+        """The backbone and the chunked loss, run from inside the wrapper's forward (no collective in here)."""
         input_ids = inputs["input_ids"]
-        outputs = model(
+        # .forward: the wrapper's hooks already ran around this call, a second round would reshard what they gathered
+        outputs = unwrapped.forward(
             input_ids=input_ids,
             attention_mask=inputs["attention_mask"],
             output_hidden_states=True,
@@ -301,13 +311,12 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
         )
         mask = teacher["teacher_mask"][:, :-1]
         hidden = outputs.hidden_states[-1][:, :-1][mask]
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        num_positions = hidden.shape[0]
-        normalizer = num_items_in_batch if num_items_in_batch is not None else max(num_positions, 1)
+        weight, bias = head_for_loss(unwrapped.get_output_embeddings())
+        normalizer = num_items_in_batch if num_items_in_batch is not None else max(hidden.shape[0], 1)
         result = chunked_kd_loss(
             hidden,
-            head.weight,
-            head.bias,
+            weight,
+            bias,
             teacher["teacher_topk_ids"][:, :-1][mask],
             teacher["teacher_topk_logprobs"][:, :-1][mask],
             teacher["teacher_token_logprobs"][:, :-1][mask],
@@ -315,15 +324,11 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
             options=self.kd_loss_options,
             **{key: value[:, :-1][mask].float() for key, value in weights.items()},
             normalizer=normalizer,
-            chunk_size=args.kd_chunk_size,
+            chunk_size=self.args.kd_chunk_size,
             compute_stats=self._is_logging_step(),
         )
-        loss = result.loss
-        # Like SFTTrainer: num_items_in_batch counts every rank's tokens, and DDP averages gradients over ranks.
-        if args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
-        self._log_kd_metrics(mode, result, inputs["attention_mask"])
-        return (loss, outputs) if return_outputs else loss
+        # only what the caller needs leaves the forward (FSDP2 hooks every tensor output for backward)
+        return result, outputs if return_outputs else None
 
     def _log_kd_metrics(self, mode, result, attention_mask) -> None:
         device = result.kd_sum.device
