@@ -116,3 +116,59 @@ def test_head_for_loss_passes_plain_parameters():
     head = torch.nn.Linear(4, 8)
     weight, bias = head_for_loss(head)
     assert weight is head.weight and bias is head.bias
+
+
+@pytest.mark.slow
+def test_fsdp2_kd_killed_after_a_sharded_checkpoint_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Checkpoint at step 2 with accelerate's save_fsdp_model/save_fsdp_optimizer (SHARDED_STATE_DICT), every rank
+    killed right after, resumed: the final weights equal those of a run never interrupted (SGD with momentum, so the
+    optimizer state must come back too), and the final save is a plain transformers checkpoint."""
+    from safetensors.torch import load_file
+
+    from trl_edge.model_loading import load_causal_lm
+    from trl_edge.pipeline.checkpoints import resumable_checkpoint
+
+    script = str(ROOT / "tests/scripts/fsdp2_resume.py")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "recipes/accelerate/cpu_2proc.yaml")]  # fmt: skip
+
+    def run(port, out, mode):
+        cmd = [*launch, "--main_process_port", str(port), script, str(out), mode]
+        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+
+    full = run(29631, tmp_path / "full", "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run(29633, tmp_path / "cut", "kill")
+    assert killed.returncode != 0 and not (tmp_path / "cut/final").exists()
+    checkpoint, skipped = resumable_checkpoint(tmp_path / "cut/run")  # what the pipeline resumes from
+    assert checkpoint == str(tmp_path / "cut/run/checkpoint-2") and skipped == []
+    resumed = run(29635, tmp_path / "cut", "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "cut/record.json").read_text()) == {"wrote": True, "checkpoint_problem": None}
+    uninterrupted = load_file(tmp_path / "full/final/model.safetensors")
+    final = load_file(tmp_path / "cut/final/model.safetensors")
+    assert final.keys() == uninterrupted.keys() and len(final) == 21
+    for name, value in uninterrupted.items():
+        torch.testing.assert_close(final[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    model = load_causal_lm(str(tmp_path / "cut/final"), dtype="float32")  # how the next stage and export load it
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, final[name], msg=name)
+
+
+def test_an_fsdp_checkpoint_is_complete_only_with_both_dcp_metadata_files(tmp_path):
+    from trl_edge.pipeline.checkpoints import checkpoint_problem
+
+    checkpoint = tmp_path / "checkpoint-3"
+    for sub in ("pytorch_model_fsdp_0", "optimizer_0"):
+        (checkpoint / sub).mkdir(parents=True)
+        (checkpoint / sub / "__0_0.distcp").write_bytes(b"x")
+    for name in ("scheduler.pt", "rng_state_0.pth"):
+        torch.save({}, checkpoint / name)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 3}')
+    assert "pytorch_model_fsdp_0/ has no .metadata" in checkpoint_problem(checkpoint)
+    (checkpoint / "pytorch_model_fsdp_0/.metadata").write_bytes(b"m")
+    assert "optimizer_0/ has no .metadata" in checkpoint_problem(checkpoint)
+    (checkpoint / "optimizer_0/.metadata").write_bytes(b"m")
+    assert checkpoint_problem(checkpoint) is None
+    (checkpoint / "scheduler.pt").unlink()
+    assert checkpoint_problem(checkpoint) == "scheduler.pt is missing"

@@ -9,6 +9,11 @@ and the previous one intact. Complete here means: ``trainer_state.json`` parses 
 weights are there and every safetensors file is as long as its header says, and the optimizer, scheduler and RNG
 files are all there (or none of them, for ``save_only_model``) and are whole torch zip archives. Checking reads
 headers and zip directories only, never the tensors.
+
+Under FSDP the Trainer saves the model and optimizer with accelerate's ``save_fsdp_model`` /
+``save_fsdp_optimizer``: ``pytorch_model_fsdp_0/`` and ``optimizer_0/`` (torch.distributed.checkpoint directories,
+whose ``.metadata`` is written after every rank's data) with a sharded state dict, ``pytorch_model_fsdp.bin`` and
+``optimizer.bin`` with a full one; those count as the model and the optimizer.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import struct
 import zipfile
 from pathlib import Path
 
-WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+           "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0/.metadata")  # fmt: skip
+OPTIMIZERS = ("optimizer.pt", "optimizer.bin", "optimizer_0/.metadata")  # plain, FSDP full, FSDP sharded
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -65,6 +72,8 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     if str(state.get("global_step")) != step:
         return f"trainer_state.json says step {state.get('global_step')}, the directory step {step}"
     if not any((checkpoint / name).is_file() for name in WEIGHTS):
+        if (checkpoint / "pytorch_model_fsdp_0").is_dir():
+            return "pytorch_model_fsdp_0/ has no .metadata (torch.distributed.checkpoint writes it last)"
         return f"no model weights ({', '.join(WEIGHTS)})"
     index = checkpoint / "model.safetensors.index.json"
     if index.is_file():
@@ -80,12 +89,19 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         if problem:
             return problem
     rng = sorted(checkpoint.glob("rng_state*.pth"))
-    training_state = [checkpoint / "optimizer.pt", checkpoint / "scheduler.pt"]
-    if rng or any(p.exists() for p in training_state):  # not save_only_model: the whole training state must be there
-        missing = [p.name for p in training_state if not p.is_file()] + ([] if rng else ["rng_state.pth"])
+    optimizer = next((checkpoint / n for n in OPTIMIZERS if (checkpoint / n).is_file()), None)
+    scheduler = checkpoint / "scheduler.pt"
+    if optimizer is None and (checkpoint / "optimizer_0").is_dir():
+        return "optimizer_0/ has no .metadata (torch.distributed.checkpoint writes it last: the save was interrupted)"
+    if rng or scheduler.exists() or optimizer is not None:  # not save_only_model: the whole training state
+        missing = ([] if optimizer else ["optimizer.pt"]) + ([] if scheduler.is_file() else ["scheduler.pt"])
+        missing += [] if rng else ["rng_state.pth"]
         if missing:
             return f"{missing[0]} is missing"
-    for path in [*training_state, checkpoint / "scaler.pt", *rng]:
+    torch_files = [scheduler, checkpoint / "scaler.pt", *rng, checkpoint / "pytorch_model_fsdp.bin"]
+    if optimizer is not None and optimizer.name != ".metadata":  # a DCP directory has no zip to check
+        torch_files.append(optimizer)
+    for path in torch_files:
         if path.is_file():
             problem = _torch_file_problem(path)
             if problem:

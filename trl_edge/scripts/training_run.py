@@ -23,8 +23,11 @@ def train_and_save(trainer, training_args, **push_kwargs):
     import transformers
     from packaging.version import Version
 
+    from ..trainer.sharded_save import save_plain_model
+
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    save_plain_model(trainer, training_args.output_dir)  # FSDP's sharded state dict left no loadable weights
     trainer.save_state()  # trainer_state.json: the loss curves a pipeline report plots
     trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
     if training_args.push_to_hub:
