@@ -68,6 +68,30 @@ def test_fsdp2_two_ranks_make_the_update_one_rank_makes_over_the_same_global_bat
 
 
 @pytest.mark.slow
+def test_fsdp2_mixed_precision_gathers_the_head_in_the_param_dtype_and_computes_the_loss_in_float32(tmp_path):
+    """The MixedPrecisionPolicy accelerate sets for ``mixed_precision: bf16`` (910B-class NPUs, GPUs) and ``fp16``
+    (``edge_target``): the head reaches the loss gathered in bf16/fp16, the loss comes back float32, and the update
+    stays near the float32 one (atol 2e-3: one SGD step of a bf16 forward). Not run here: fp16's loss scaling
+    (accelerate's ShardedGradScaler on a device) and bf16/fp16 kernels of a real accelerator."""
+    from safetensors.torch import load_file
+
+    one = subprocess.run([sys.executable, SCRIPT, str(tmp_path / "one"), "kd"], env=ENV, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    reference = load_file(tmp_path / "one/weights.safetensors")
+    for precision, dtype, port in (("bf16", "torch.bfloat16", 29627), ("fp16", "torch.float16", 29629)):
+        ranks = _launch(tmp_path / precision, port, "kd", precision)
+        for record in ranks:
+            assert "error" not in record
+            assert record["loss_dtypes"] == ["torch.float32"]
+            assert set(record["head_dtypes_in_forward"]) == {dtype} and len(record["head_dtypes_in_forward"]) == 4
+        weights = load_file(tmp_path / precision / "weights.safetensors")
+        for name, value in reference.items():
+            assert weights[name].dtype == torch.float32  # the sharded master weights stay float32
+            torch.testing.assert_close(weights[name], value, rtol=0, atol=2e-3, msg=f"{precision} {name}")
+
+
+@pytest.mark.slow
 def test_fsdp2_head_wrapped_alone_and_resharded_is_refused(tmp_path):
     ranks = _launch(tmp_path / "head", 29625, "kd", "head")
     for record in ranks:

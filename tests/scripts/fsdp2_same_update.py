@@ -3,7 +3,9 @@
 
 Usage: ddp_same_update.py-style, OUT_DIR {sft,kd} [head]; for 2 ranks launch it with
 ``accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml``.
-``head``: wrap ``lm_head`` in an FSDP2 unit of its own that reshards after its forward (must be refused).
+``head``: wrap ``lm_head`` in an FSDP2 unit of its own that reshards after its forward (must be refused);
+``bf16`` / ``fp16``: the MixedPrecisionPolicy accelerate sets for ``mixed_precision: bf16`` / ``fp16`` (records the
+dtypes the loss sees and returns).
 
 accelerate makes a CPU launch MULTI_CPU (it picks FSDP only for accelerator types), so the trainer cannot prepare
 the model for FSDP2 itself here. The 2-rank run builds the same trainer, shards the student with accelerate's
@@ -53,7 +55,7 @@ def build_trainer(out_dir, kind, world):
     return OfflineOnPolicyKDTrainer(build_tiny_model(tokenizer), args, train_dataset=cache, processing_class=tokenizer)
 
 
-def shard(trainer, head_alone=False):
+def shard(trainer, head_alone=False, precision=None):
     """The student as accelerate's FSDP2 path shards it: each decoder layer, the final norm with the head, the root."""
     from accelerate.utils import FullyShardedDataParallelPlugin
     from accelerate.utils.fsdp_utils import fsdp2_prepare_model
@@ -67,6 +69,8 @@ def shard(trainer, head_alone=False):
         fsdp_version=2, auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=[layer_cls],
         reshard_after_forward=True, cpu_ram_efficient_loading=False, state_dict_type="SHARDED_STATE_DICT",
     )  # fmt: skip
+    if precision:
+        trainer.accelerator.state.fsdp_plugin.set_mixed_precision(precision)
     model = fsdp2_prepare_model(trainer.accelerator, model)
     trainer.model = trainer.model_wrapped = model
     return model
@@ -75,17 +79,19 @@ def shard(trainer, head_alone=False):
 def train_sharded(trainer, model):
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     iterator = iter(trainer.get_train_dataloader())
-    losses, batches = [], []
+    losses, batches, dtypes = [], [], set()
     model.train()
     for _ in range(STEPS):
         samples, num_items = trainer.get_batch_samples(iterator, ACCUMULATION, trainer.args.device)
         for inputs in samples:
             batches.append(inputs["input_ids"][:, :8].tolist())
-            losses.append(trainer.training_step(model, inputs, num_items).item())
+            loss = trainer.training_step(model, inputs, num_items)
+            losses.append(loss.item())
+            dtypes.add(str(loss.dtype))
         optimizer.step()
         optimizer.zero_grad()
         trainer.state.global_step += 1
-    return losses, batches
+    return losses, batches, sorted(dtypes)
 
 
 def full_state(model):
@@ -104,12 +110,19 @@ def main(out_dir, kind, variant=""):
         trainer.train()
         state = trainer.model.state_dict()
     else:
-        model = shard(trainer, head_alone=variant == "head")
+        precision = variant if variant in ("bf16", "fp16") else None
+        model = shard(trainer, head_alone=variant == "head", precision=precision)
+        seen = record["head_dtypes_in_forward"] = []
+        if kind == "kd":
+            from trl_edge.trainer import offline_kd_trainer
+
+            original = offline_kd_trainer.head_for_loss
+            offline_kd_trainer.head_for_loss = lambda head: seen.append(str(head.weight.dtype)) or original(head)
         head = model.get_output_embeddings().weight
         record["head_local_rows"] = head.to_local().shape[0]
         record["head_rows"] = head.shape[0]
         try:
-            record["losses"], record["batches"] = train_sharded(trainer, model)
+            record["losses"], record["batches"], record["loss_dtypes"] = train_sharded(trainer, model)
         except ValueError as error:
             record["error"] = str(error)
         record["order"] = list(trainer.curriculum_sampler)
