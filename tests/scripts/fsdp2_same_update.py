@@ -4,6 +4,8 @@
 Usage: ddp_same_update.py-style, OUT_DIR {sft,kd} [head]; for 2 ranks launch it with
 ``accelerate launch --config_file recipes/accelerate/cpu_2proc.yaml``.
 ``head``: wrap ``lm_head`` in an FSDP2 unit of its own that reshards after its forward (must be refused);
+``zero3``: a DeepSpeed ZeRO-3 engine (DeepSpeed's CPU accelerator, gloo) instead of FSDP2, driven through the
+trainer's ``compute_loss`` and ``engine.backward``/``engine.step``;
 ``bf16`` / ``fp16``: the MixedPrecisionPolicy accelerate sets for ``mixed_precision: bf16`` / ``fp16`` (records the
 dtypes the loss sees and returns).
 
@@ -94,6 +96,37 @@ def train_sharded(trainer, model):
     return losses, batches, sorted(dtypes)
 
 
+def train_zero3(trainer):
+    """The trainer's compute_loss on a ZeRO-3 engine: every parameter partitioned (``numel() == 0`` outside the
+    forward), the head gathered for the loss with GatheredParameters, the update stepped by the engine."""
+    import deepspeed
+
+    config = {
+        "train_micro_batch_size_per_gpu": trainer.args.per_device_train_batch_size,
+        "gradient_accumulation_steps": ACCUMULATION, "zero_optimization": {"stage": 3},
+        "zero_allow_untested_optimizer": True, "bf16": {"enabled": False}, "fp16": {"enabled": False},
+    }  # fmt: skip
+    model = trainer.model
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    trainer.model_wrapped = engine
+    head_numel = model.get_output_embeddings().weight.numel()
+    iterator = iter(trainer.get_train_dataloader())
+    losses = []
+    engine.train()
+    for _ in range(STEPS):
+        samples, num_items = trainer.get_batch_samples(iterator, ACCUMULATION, trainer.args.device)
+        for inputs in samples:
+            loss = trainer.compute_loss(engine, inputs, num_items_in_batch=num_items)
+            engine.backward(loss, scale_wrt_gas=False)  # as Trainer.training_step does under DeepSpeed
+            engine.step()
+            losses.append(loss.item())
+        trainer.state.global_step += 1
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return losses, head_numel, state
+
+
 def full_state(model):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -109,6 +142,8 @@ def main(out_dir, kind, variant=""):
     if world == 1:
         trainer.train()
         state = trainer.model.state_dict()
+    elif variant == "zero3":
+        record["losses"], record["head_numel_outside_forward"], state = train_zero3(trainer)
     else:
         precision = variant if variant in ("bf16", "fp16") else None
         model = shard(trainer, head_alone=variant == "head", precision=precision)

@@ -27,7 +27,7 @@ from .cache_sources import check_one_teacher, eligible_rows, resolve_sources, tr
 from .curriculum_edge_trainer import CurriculumEdgeTrainer
 from .offline_kd_config import OfflineOnPolicyKDConfig
 from .onpolicy_drift import OnPolicyDrift, OnPolicyDriftCallback
-from .sharded_head import head_for_loss, run_inside_forward, sharding_of
+from .sharded_head import gathered_zero3, head_for_loss, run_inside_forward, sharding_of
 from .teacher_difficulty import TEACHER_DIFFICULTY_SOURCES, TeacherDifficultyScorer  # noqa: F401  (its home before)
 
 TEACHER_KEYS = ("teacher_mask", "teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_logprobs")
@@ -313,20 +313,21 @@ class OfflineOnPolicyKDTrainer(CurriculumEdgeTrainer):
         hidden = outputs.hidden_states[-1][:, :-1][mask]
         weight, bias = head_for_loss(unwrapped.get_output_embeddings())
         normalizer = num_items_in_batch if num_items_in_batch is not None else max(hidden.shape[0], 1)
-        result = chunked_kd_loss(
-            hidden,
-            weight,
-            bias,
-            teacher["teacher_topk_ids"][:, :-1][mask],
-            teacher["teacher_topk_logprobs"][:, :-1][mask],
-            teacher["teacher_token_logprobs"][:, :-1][mask],
-            input_ids[:, 1:][mask],
-            options=self.kd_loss_options,
-            **{key: value[:, :-1][mask].float() for key, value in weights.items()},
-            normalizer=normalizer,
-            chunk_size=self.args.kd_chunk_size,
-            compute_stats=self._is_logging_step(),
-        )
+        with gathered_zero3(weight, bias):  # ZeRO-3 released the head after its own forward; nothing otherwise
+            result = chunked_kd_loss(
+                hidden,
+                weight,
+                bias,
+                teacher["teacher_topk_ids"][:, :-1][mask],
+                teacher["teacher_topk_logprobs"][:, :-1][mask],
+                teacher["teacher_token_logprobs"][:, :-1][mask],
+                input_ids[:, 1:][mask],
+                options=self.kd_loss_options,
+                **{key: value[:, :-1][mask].float() for key, value in weights.items()},
+                normalizer=normalizer,
+                chunk_size=self.args.kd_chunk_size,
+                compute_stats=self._is_logging_step(),
+            )
         # only what the caller needs leaves the forward (FSDP2 hooks every tensor output for backward)
         return result, outputs if return_outputs else None
 

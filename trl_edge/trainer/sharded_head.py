@@ -18,10 +18,12 @@ from contextlib import nullcontext
 import torch
 
 ZERO3_UNTESTED = (
-    "DeepSpeed ZeRO-3 is refused for the distillation loss: the loss gathers the partitioned LM head with "
-    "deepspeed.zero.GatheredParameters inside the engine's forward (trl_edge.trainer.sharded_head), but no ZeRO-3 "
-    "engine could run on the machines this was built on (CPU only), so the gradient's reduce-partition through it is "
-    "untested. Use FSDP2 (recipes/accelerate/*_fsdp2.yaml) for a sharded student, or ZeRO-1/2 (*_zero2.yaml)."
+    "DeepSpeed ZeRO-3 is refused for the distillation loss. What was tried (CPU, DeepSpeed 0.19.8's CPU accelerator "
+    "over gloo, 2 ranks): the loss runs inside the engine's forward with the partitioned LM head gathered by "
+    "deepspeed.zero.GatheredParameters, and the forward works; the backward fails, because the closed-form head "
+    "gradient computed while the head was gathered reaches a parameter ZeRO-3 has partitioned again (numel 0). "
+    "accelerate does not launch DeepSpeed on CPU, and no accelerator was available, so nothing else of that path is "
+    "tested. Use FSDP2 (recipes/accelerate/*_fsdp2.yaml) for a sharded student, or ZeRO-1/2 (*_zero2.yaml)."
 )
 
 
