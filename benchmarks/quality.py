@@ -1,27 +1,31 @@
 """Does our distillation beat plain SFT and TRL's distillation trainers, on a real model, at equal optimizer steps?
 
-    python benchmarks/quality.py                               # every row, defaults below: ~1 h on 2 CPU cores
-    python benchmarks/quality.py --arms trl_sft ours_recipe    # some rows
+    python benchmarks/quality.py --steps 48 --sft_steps 24 --rollout_prompts 64     # the default rows (~20 min)
+    python benchmarks/quality.py --student_layers 22 --arms trl_sft ours_offline ours_recipe
+    python benchmarks/quality.py --arms ours_recipe --recipe_sft kd --rounds 4 --row_suffix +4rounds --no_reference
     python benchmarks/quality.py --quick                       # few steps and prompts: does it run (~6 min)
 
-The teacher is SmolLM2-135M-Instruct (``embedded:smollm2-135m-instruct``); the student its depth-pruned copy
-(``make_student``, ``--student_layers`` of 30, evenly spaced). The data is the quickstart's prompt sets
-(``recipes/quickstart/data``: sums, capitals, comparisons, next numbers, opposites, open questions; held out: new
-questions of those kinds plus subtraction and colours, never trained on). The teacher writes the answers once
-(greedy), so every row learns from one teacher. Every row starts from the same pruned student and takes
+benchmarks/README.md ("Quality") lists every command that made its tables. The teacher is SmolLM2-135M-Instruct
+(``embedded:smollm2-135m-instruct``); the student its depth-pruned copy (``make_student``, ``--student_layers`` of
+30, evenly spaced). The data is the quickstart's prompt sets (``recipes/quickstart/data``: sums, times tables,
+capitals, opposites, open questions; held out: 156 prompts, 150 with a ground truth, new questions of those kinds
+plus subtraction and colours, never trained on). The teacher writes the answers once (greedy, ``--max_new_tokens``
+56: every one ends), so every row learns from one teacher. Every row starts from the same pruned student and takes
 ``--steps`` optimizer steps of ``--batch_size`` sequences at ``--learning_rate`` (cosine, 10% warm-up):
 
-1. ``trl_sft``: TRL ``SFTTrainer`` on the teacher's answers;
-2. ``curriculum_sft``: ours, reasoning answers first, then direct ones, easy to hard;
-3. ``trl_gkd``: TRL ``GKDTrainer``, ``lmbda=0`` (the teacher's answers), its default JSD (``beta=0.5``), the teacher
-   live;
-4. ``trl_distillation``: TRL's ``DistillationTrainer``: the student samples at every step, the teacher scores live
-   (reverse KL, its default);
-5. ``ours_offline``: ``OfflineOnPolicyKDTrainer`` on a cache of the teacher's answers (JSD, ``beta=0.5``);
-6. ``ours_recipe`` (forward KL), ``ours_recipe_reverse`` and ``ours_recipe_jsd`` (the quickstart's KD settings): SFT
-   for ``--sft_steps`` (``--recipe_sft``: plain, or curriculum; one warm-up shared by the three rows), then
-   ``--rounds`` rounds of offline on-policy KD: the student samples the training prompts, the teacher scores those
-   tokens once, the student trains on that cache mixed with the teacher-answer cache (``--answer_share``).
+1. ``trl_sft``: TRL ``SFTTrainer`` on the teacher's answers; ``curriculum_sft``: ours;
+2. ``trl_gkd_fkl`` / ``trl_gkd_jsd``: TRL ``GKDTrainer``, ``lmbda=0`` (the teacher's answers), ``beta`` 0 (forward
+   KL) or 0.5 (its default JSD), the teacher live;
+3. ``trl_distillation_warm``: TRL's ``DistillationTrainer`` (the student samples at every step, the teacher scores
+   live) from the same warm-up as ``ours_recipe`` for the remaining steps; ``trl_distillation``: from the pruned
+   student;
+4. ``ours_offline``: ``OfflineOnPolicyKDTrainer`` on a cache of the teacher's answers (JSD, ``beta=0.5``);
+5. ``ours_recipe`` (``--recipe_divergence``, JSD), ``ours_recipe_fkl``, ``ours_recipe_reverse``: a warm-up of
+   ``--sft_steps`` (``--recipe_sft``: plain SFT, curriculum SFT, or ``kd``: ours_offline's loss), then ``--rounds``
+   rounds of offline on-policy KD: the student samples ``--rollout_prompts`` training prompts, the teacher scores
+   those tokens once, the student trains on that cache mixed with the teacher-answer cache (``--answer_share``).
+   Levers: ``--rollout_ce_weight`` (CE on the rollouts: 0.1 is the old loss), ``--truncated_samples``,
+   ``--truncated_answers``, ``--rounds`` (how often the rollouts are refreshed); ``--row_suffix`` names the row.
 
 Measured on the held-out split, for every row and for the teacher and the untrained student:
 
@@ -29,7 +33,9 @@ Measured on the held-out split, for every row and for the teacher and the untrai
 * ``top1``: how often the student's most likely token is the teacher's;
 * ``rouge_l``: ROUGE-L of the student's greedy answer against the teacher's;
 * ``accuracy``: the student's final answer against the ground truth, on the held-out questions that have one;
-* wall time (rollouts and caching included) and training time.
+* each one prompt by prompt, and the paired difference to ``trl_sft`` of the same seed (mean, 95% half-width);
+* wall time (the teacher's answers, their caching, rollouts and their caching included) and training time;
+* for the recipe rows, the on-policy drift at the start and end of each round.
 
 Nothing here asserts a winner: the table says what it measures, wins and losses alike.
 """

@@ -21,7 +21,7 @@ RECIPE = ROOT / "recipes/quickstart/pipeline.yaml"
 REDUCED = [
     "stages.0.num_layers=2", "stages.9.repeat=1",
     "defaults.teacher_answers.max_prompts=6", "defaults.teacher_answers.max_new_tokens=8",
-    "defaults.teacher_answers.truncated_answers=keep",
+    "defaults.teacher_answers.truncated_answers=keep", "stages.3.max_prompts=6",
     "defaults.rollout.max_prompts=6", "defaults.rollout.max_new_tokens=8",
     "defaults.sft.max_steps=2", "defaults.sft.save_steps=1",
     "defaults.kd.max_steps=2", "defaults.kd.save_steps=1",
@@ -56,3 +56,6 @@ def test_the_quickstart_runs_end_to_end_and_reports(tmp_path):
     report = (out / "report.md").read_text()
     kl = rows["kd-r1"]["fidelity/kl"]
     assert f"| 12-eval-r1 | kd-r1 | {kl:.4g} |" in report  # the measured numbers, in the table a person reads
+    assert "## Gain over SFT (`08-eval-sft`)" in report and "| 12-eval-r1 | kd-r1 |" in report.split("Gain over")[1]
+    assert metrics["kd_sources"]["11-kd-r1"]["sources"][0]["written_by"] == "student"
+    assert metrics["kd_sources"]["11-kd-r1"]["sources"][1]["written_by"] == "teacher"  # its answers: CE kept

@@ -76,6 +76,13 @@ class ModelIdentity:
             return False
         if self.weights and other.weights and self.weights.split(":")[0] == other.weights.split(":")[0]:
             return self.weights == other.weights
+        return self.same_name(other)
+
+    def same_name(self, other: ModelIdentity | None) -> bool:
+        """The same name (or path) and revision, whatever the weights' dtype when each was loaded (models built in
+        memory have no name: never the same by name)."""
+        if other is None or not self.name or not other.name:
+            return False
         return os.path.normpath(self.name) == os.path.normpath(other.name) and self.revision == other.revision
 
     def __str__(self) -> str:

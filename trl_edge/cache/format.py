@@ -111,7 +111,9 @@ class CacheMetadata(ShardedMetadata):
         policy = ModelIdentity.from_dict(self.source.get("policy_identity")) or ModelIdentity(
             self.source.get("policy", ""), None, f"weights:{self.source.get('policy_hash')}"
         )
-        return "teacher" if self.teacher_record().same_as(policy) else "student"
+        teacher = self.teacher_record()
+        # the same weights, or the same checkpoint loaded in another dtype (answers sampled in fp32, scored in bf16)
+        return "teacher" if teacher.same_as(policy) or teacher.same_name(policy) else "student"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
