@@ -135,3 +135,10 @@ def test_no_module_but_compat_uses_a_private_trl_or_transformers_name():
             elif isinstance(node, ast.Attribute) and node.attr in WRAPPED:
                 offenders.append(f"{path.relative_to(package)}:{node.lineno}: .{node.attr}")
     assert offenders == []
+
+
+def test_accelerate_simple_launch_gives_the_launchers_environment():
+    cpu = str(Path(trl_edge.__file__).parents[1] / "recipes/accelerate/cpu.yaml")
+    module, args, env = compat.accelerate_simple_launch(["--config_file", cpu, "-m", "trl_edge.scripts.sft", "--x"])
+    assert (module, args) == ("trl_edge.scripts.sft", ["--x"])
+    assert env["ACCELERATE_USE_CPU"] == "True" and env["ACCELERATE_MIXED_PRECISION"] == "no"

@@ -1,5 +1,6 @@
 """The pipeline: the file format, references and rounds, the plan, and a real 2-round run that resumes and reports."""
 
+import functools
 import json
 import os
 import shutil
@@ -89,7 +90,8 @@ def write(tmp_path, raw, name="pipeline.yaml"):
     return str(path)
 
 
-def run(config_path, *extra):
+def run(config_path, *extra, warm_start=True):
+    extra = (*extra, "--warm_start", "true" if warm_start else "false")
     result = subprocess.run([sys.executable, "-m", "trl_edge.cli.main", "pipeline", "--config", config_path, *extra],
                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
@@ -260,13 +262,16 @@ def test_the_stage_kinds_are_one_table():
 
 
 @pytest.mark.slow
-def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts):
+@pytest.mark.parametrize("warm_start", [True, False], ids=["warm", "cold"])
+def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts, warm_start):
+    """The same behaviour whether single-process stages fork from the warm zygote or start afresh."""
+    pipeline = functools.partial(run, warm_start=warm_start)
     # 1. An uninterrupted run, then the same file again: nothing reruns.
     full = write(tmp_path, two_rounds(tmp_path / "full", models, prompts), "full.yaml")
-    run(full)
+    pipeline(full)
     done = records(tmp_path / "full")
     assert len(done) == 9
-    assert set(plan_lines(run(full)).values()) == {"SKIP"}
+    assert set(plan_lines(pipeline(full)).values()) == {"SKIP"}
     report = (tmp_path / "full/report.md").read_text()
     metrics = json.loads((tmp_path / "full/metrics.json").read_text())
     for plot in ("loss_curves.png", "metrics.png", "resources.png"):
@@ -293,7 +298,7 @@ def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts):
     for later in ("07-kd-r2", "08-eval"):
         shutil.rmtree(tmp_path / "part" / later)
     before = records(tmp_path / "part")
-    plan = plan_lines(run(write(tmp_path, part_raw, "part.yaml")))
+    plan = plan_lines(pipeline(write(tmp_path, part_raw, "part.yaml")))
     assert plan["06-cache-r2"] == "RESUME" and all(plan[s] == "SKIP" for s in before)
     assert plan["07-kd-r2"] == plan["08-eval"] == "RUN"
     after = records(tmp_path / "part")
@@ -307,13 +312,13 @@ def test_two_rounds_run_resume_rerun_and_report(tmp_path, models, prompts):
     for weights in (kd_dir / "model").glob("*.safetensors"):
         weights.unlink()
     shutil.rmtree(tmp_path / "part/08-eval")
-    out = run(write(tmp_path, part_raw, "part.yaml"))
+    out = pipeline(write(tmp_path, part_raw, "part.yaml"))
     assert plan_lines(out)["07-kd-r2"] == "RESUME" and "resuming from" in out and "checkpoint-2" in out
     assert records(tmp_path / "part")["07-kd-r2"]["artifact_hash"] == done["07-kd-r2"]["artifact_hash"]
 
     # 4. One stage's settings change: that stage and the ones after it rerun, nothing before.
     changed = write(tmp_path, two_rounds(tmp_path / "full", models, prompts, kd_learning_rate=1e-3), "changed.yaml")
-    out = run(changed, "--dry_run")
+    out = pipeline(changed, "--dry_run")
     plan = plan_lines(out)
     assert [s for s, action in plan.items() if action != "SKIP"] == ["04-kd-r1", "05-rollout-r2", "06-cache-r2",
                                                                      "07-kd-r2", "08-eval"]  # fmt: skip
@@ -336,3 +341,23 @@ def test_the_plan_warns_when_the_sft_data_and_the_caches_come_from_two_teachers(
     assert len(rest) == 1  # one per round
     assert "'sft' trains on answers written by" in warning and "'cache-r1' scores with" in warning
     assert models["student"] in warning and models["teacher"] in warning
+
+
+def test_a_warm_stage_sees_what_accelerate_launch_gives_a_fresh_one():
+    """A zygote child gets the accelerate launcher's environment, threads and argv; its exit code comes back."""
+    from trl_edge.pipeline.warm import run_warm, single_process
+
+    assert single_process(CPU) and single_process(None)
+    assert not single_process(str(ROOT / "recipes/accelerate/cpu_multi.yaml"))
+    env = {k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), ENV.get("PYTHONPATH", "")])
+    argv = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", CPU, "--num_cpu_threads_per_process",
+            "2", "-m", "scripts.stage_env", "--config", "x.yaml"]  # fmt: skip
+    cold = subprocess.run(argv, cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
+    lines = []
+    code = run_warm(argv, {**env, "PYTHONUNBUFFERED": "1"}, lines.append)
+    assert cold.returncode == code == 0, cold.stderr
+    assert json.loads(lines[-1]) == json.loads(cold.stdout.splitlines()[-1])
+    assert json.loads(lines[-1])["threads"] == 2
+    failing = [sys.executable, "-m", "trl_edge.cli.main", "make-student", "nowhere", "--output_dir", "x"]
+    assert run_warm(failing, env, lines.append) != 0

@@ -80,3 +80,17 @@ def count_train_tokens(trainer, tokens: int) -> None:
     """
     trainer._total_train_tokens += tokens
     trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
+
+
+def accelerate_simple_launch(launch_argv: list[str]) -> tuple[str, list[str], dict[str, str]]:
+    """What ``accelerate launch LAUNCH_ARGV`` would run in one process: (module, its args, its environment).
+
+    accelerate's private ``_validate_launch_command`` fills the flags from the config file, as ``launch_command``
+    does before its simple launcher; the warm pipeline stages (``pipeline/warm.py``) run the module in-process with it.
+    """
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(launch_argv))
+    _, env = prepare_simple_launcher_cmd_env(args)
+    return args.training_script, list(args.training_script_args), env

@@ -18,6 +18,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--until", help="Stop after this stage (its name, e.g. kd-r1, or directory, e.g. 05-kd-r1)")
     parser.add_argument("--dry_run", action="store_true", help="Print the plan (what runs, what is skipped, why)")
     parser.add_argument(
+        "--warm_start",
+        choices=("true", "false"),
+        help="Override the file's warm_start (default true): single-process stages forked from a process that "
+        "imported torch, transformers and trl once; false: each stage a fresh process",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -58,6 +64,8 @@ def pipeline_command(argv: list[str] | None = None) -> int:
         raw = apply_overrides(yaml.safe_load(open(args.config, encoding="utf-8")), args.set)
         if args.output_dir:
             raw["output_dir"] = args.output_dir
+        if args.warm_start:
+            raw["warm_start"] = args.warm_start == "true"
         config = PipelineConfig.from_dict(raw, source=args.config)
         run_pipeline(config, until=args.until, dry_run=args.dry_run)
     except (PipelineError, FileNotFoundError, KeyError, IndexError, ValueError) as err:

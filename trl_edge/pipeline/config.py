@@ -65,6 +65,9 @@ class PipelineConfig:
     stages: list[StageSpec]
     models: dict = field(default_factory=dict)
     source: str | None = None
+    # Single-process stages forked from a process that imported torch, transformers and trl once (pipeline/warm.py)
+    # rather than started afresh; false: each stage a fresh `accelerate launch` / python process.
+    warm_start: bool = True
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> PipelineConfig:
@@ -77,10 +80,13 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, raw: dict, source: str | None = None) -> PipelineConfig:
         where = source or "the pipeline"
-        unknown = set(raw) - {"output_dir", "models", "defaults", "stages"}
+        unknown = set(raw) - {"output_dir", "models", "defaults", "stages", "warm_start"}
         if unknown:
             raise PipelineError(f"{where}: unknown top-level key(s) {sorted(unknown)}; use output_dir, models, "
-                                "defaults, stages.")  # fmt: skip
+                                "defaults, stages, warm_start.")  # fmt: skip
+        warm_start = raw.get("warm_start", True)
+        if not isinstance(warm_start, bool):
+            raise PipelineError(f"{where}: `warm_start` is true or false, got {warm_start!r}.")
         if not raw.get("output_dir"):
             raise PipelineError(f"{where}: set `output_dir`, where every stage writes its directory.")
         if not raw.get("stages"):
@@ -97,7 +103,7 @@ class PipelineConfig:
         if duplicates:
             raise PipelineError(f"{where}: stage names must be unique (in each round); repeated: {duplicates}.")
         return cls(output_dir=str(raw["output_dir"]), stages=stages, models=dict(raw.get("models") or {}),
-                   source=source)  # fmt: skip
+                   source=source, warm_start=warm_start)  # fmt: skip
 
 
 def _expand(items, defaults: dict, out: list[StageSpec], round_: int | None, where: str) -> None:

@@ -27,6 +27,7 @@ from .config import PipelineConfig, StageSpec, parse_reference
 from .decisions import StageFacts, decide
 from .stages import KINDS, MODEL_KINDS, PipelineError, validate_script_config
 from .teacher_consistency import teacher_mismatches
+from .warm import run_warm, single_process, start_zygote
 
 RECORD = "stage.json"
 STARTED = "stage.started.json"  # the key a stage started with: a resume is only a resume of the same work
@@ -249,6 +250,9 @@ class PipelineRunner:
         if dry_run:
             return self.stages
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        to_run = [s for s in self.stages if s.action not in ("skip", "later")]
+        if self.config.warm_start and any(single_process(s.spec.accelerate_config) for s in to_run):
+            start_zygote()  # its imports overlap the first stage's preparation
         for stage in self.stages:
             if stage.action == "later":
                 break
@@ -280,7 +284,8 @@ class PipelineRunner:
         argv = kind.argv(config_path, dict(config), spec.accelerate_config)
         self.echo(f"[{spec.dir_name}] {' '.join(argv[2:])}")
         start = time.time()
-        code = _stream(argv, stage.directory / "log.txt")
+        warm = self.config.warm_start and single_process(spec.accelerate_config)
+        code = _stream(argv, stage.directory / "log.txt", warm=warm)
         seconds = time.time() - start
         if code != 0:
             tail = "".join((stage.directory / "log.txt").read_text(errors="replace").splitlines(True)[-15:])
@@ -317,10 +322,18 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _stream(argv: list[str], log_path: Path) -> int:
-    """Run ``argv``, copying its output to this console and to ``log_path``."""
+def _stream(argv: list[str], log_path: Path, warm: bool = False) -> int:
+    """Run ``argv``, copying its output to this console and to ``log_path``; ``warm``: forked from the warm zygote
+    (``warm.py``) rather than started afresh."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "a", encoding="utf-8") as log:
+        if warm:
+
+            def copy(line: str) -> None:
+                log.write(line)
+                sys.stdout.write(line)
+
+            return run_warm(argv, env, copy)
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
                                    errors="replace")  # fmt: skip
         for line in process.stdout:
