@@ -122,3 +122,15 @@ def test_vllm_rollouts_keep_the_sampled_ids_their_logprobs_and_why_they_ended(tm
     assert rows["finish_reason"][:2] == ["eos", "length"]
     np.testing.assert_allclose(rows["logprobs"][1], [-0.5, -1.5, -2.5, -3.5])
     assert rows["prompt_index"] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_an_engine_that_returns_raw_logprobs_is_refused_for_warped_sampling(tmp_path, tokenizer, fake_vllm):
+    """vLLM's default logprobs_mode (raw) would silently store untempered log-probs (a defect before issue 16)."""
+    from datasets import Dataset
+
+    llm = FakeLLM(build_tiny_model(tokenizer, seed=2))
+    llm.llm_engine.model_config.logprobs_mode = "raw_logprobs"
+    prompts = Dataset.from_list([{"prompt": r["prompt"]} for r in arithmetic_examples(2)])
+    with pytest.raises(ValueError, match="processed_logprobs"):
+        generate_rollouts(llm, tokenizer, prompts, tmp_path / "r", temperature=0.7, backend="vllm",
+                          stop_token_ids=[tokenizer.eos_token_id])  # fmt: skip

@@ -59,6 +59,7 @@ class VLLMEngine:
         self.llm = llm
         config = llm.llm_engine.model_config
         self.name, self.vocab_size = str(config.model), int(config.get_vocab_size())
+        self.logprobs_mode = getattr(config, "logprobs_mode", None)  # None: an engine too old to say
 
     @classmethod
     def load(cls, model, *, revision=None, dtype="auto", trust_remote_code=False, tensor_parallel_size=1,
@@ -83,6 +84,9 @@ class VLLMEngine:
     def score(self, sequences, labels, top_k: int, support_size: int | None = None):
         """The same output as ``PositionScorer``: one vLLM call for all ``sequences``."""
         vllm = require_vllm()
+        if self.logprobs_mode in ("raw_logits", "processed_logits"):
+            raise ValueError(f"This vLLM engine returns logits (logprobs_mode={self.logprobs_mode!r}), not log-probs: "
+                             "build it with logprobs_mode='raw_logprobs' or 'processed_logprobs'.")  # fmt: skip
         params = vllm.SamplingParams(max_tokens=1, prompt_logprobs=top_k + 8, temperature=1.0)
         prompts = [vllm.TokensPrompt(prompt_token_ids=[int(x) for x in seq]) for seq in sequences]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -94,6 +98,12 @@ class VLLMEngine:
     def generate(self, prompts: list[list[int]], sampling, seeds: list[int]):
         """Per prompt, ``sampling.num_samples`` samples ``(token_ids, logprobs, finish_reason)`` in one vLLM call."""
         vllm = require_vllm()
+        plain = sampling.temperature in (0, 1) and not sampling.top_k and sampling.top_p >= 1
+        if self.logprobs_mode not in (None, "processed_logprobs") and not plain:
+            # vLLM's default (raw_logprobs) would store the model's log-probs, not the sampling distribution's
+            raise ValueError(f"This vLLM engine has logprobs_mode={self.logprobs_mode!r}: rollouts store log-probs "
+                             "under the sampling distribution (temperature, top-k, top-p), so build it with "
+                             "logprobs_mode='processed_logprobs'.")  # fmt: skip
         requests, params = [], []
         for prompt, seed in zip(prompts, seeds):
             requests.append(vllm.TokensPrompt(prompt_token_ids=[int(x) for x in prompt]))
