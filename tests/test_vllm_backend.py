@@ -100,7 +100,7 @@ def test_the_vllm_cache_equals_the_transformers_cache(tmp_path, tokenizer, fake_
     exact = cache_teacher_logits(teacher, tokenizer, data, tmp_path / "hf", top_k=8, encoding="lossless")
     llm = FakeLLM(teacher)
     served = cache_teacher_logits(llm, tokenizer, data, tmp_path / "vllm", top_k=8, encoding="lossless",
-                                  backend="vllm", shard_size=4)  # fmt: skip
+                                  backend="vllm", shard_size=4, batch_size=2)  # fmt: skip
     assert llm.calls == [4, 2]  # one generate call per shard, every sequence of the shard at once
     for i in range(len(exact)):
         a, b = exact[i], served[i]

@@ -173,6 +173,8 @@ def cache_teacher_logits(
         def scorer(sequences, labels):
             return engine.score(sequences, labels, top_k, support_size=vocab)
 
+        batch_size = max(batch_size, shard_size)  # one LLM.generate per shard: vLLM's scheduler does the batching
+
     meta = CacheMetadata(
         teacher=str(name),
         teacher_revision=teacher_revision,
