@@ -5,7 +5,8 @@ vLLM lives in its own environment (it pins ``transformers<5.20``): ``make vllm-e
 skip where none imports vLLM. tests/scripts/vllm_real.py samples and scores there, in a subprocess (``LLM``
 spawns its engine); here the transformers backend checks what it wrote.
 
-Tolerances (float32 on both sides, different kernels): sampled-token log-probs within 2e-3 of the transformers
+Tolerances (float32 on both sides, different kernels): stored log-probs within 5e-5 of a second vLLM call
+(vLLM on CPU is not bit-reproducible across batch shapes); sampled-token log-probs within 2e-3 of the transformers
 re-scoring under the same temperature/top-k/top-p; the caches' actual-token log-probs within 2e-3, mean KL between
 the two top-k distributions (tail bucket included) below 1e-4, top-1 disagreement below 2% of positions.
 """
@@ -77,7 +78,10 @@ def test_stored_samples_are_vllms_tokens_and_logprobs(vllm_run, teacher):
     worst = 0.0
     for row, sample in zip(rows, flat):
         assert row["completion_ids"] == sample["ids"]  # token-exact: vLLM's ids, nothing re-tokenized
-        np.testing.assert_array_equal(np.float32(row["logprobs"]), np.float32(sample["logprobs"]))
+        # The same log-probs vLLM returned, up to its own run-to-run noise: the backend's engine and the direct
+        # call batch differently, and vLLM's CPU kernels are not bit-reproducible across batch shapes (CI saw
+        # 2.7e-6 on one token of 24). Anything recomputed by us would differ by ~1e-3 (the bound below).
+        np.testing.assert_allclose(np.float32(row["logprobs"]), np.float32(sample["logprobs"]), rtol=0, atol=5e-5)
         ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, len(row["prompt_ids"]) - 1 : -1]
