@@ -25,7 +25,9 @@ plus subtraction and colours, never trained on). The teacher writes the answers 
    rounds of offline on-policy KD: the student samples ``--rollout_prompts`` training prompts, the teacher scores
    those tokens once, the student trains on that cache mixed with the teacher-answer cache (``--answer_share``).
    Levers: ``--rollout_ce_weight`` (CE on the rollouts: 0.1 is the old loss), ``--truncated_samples``,
-   ``--truncated_answers``, ``--rounds`` (how often the rollouts are refreshed); ``--row_suffix`` names the row.
+   ``--truncated_answers``, ``--rounds`` (how often the rollouts are refreshed), ``--kd_learning_rate``,
+   ``--warmup_teacher requantized`` (the warm-up's answers written by another teacher); ``--row_suffix`` names the
+   row.
 
 Measured on the held-out split, for every row and for the teacher and the untrained student:
 
@@ -102,6 +104,11 @@ def parse_args(argv=None):
     p.add_argument("--offline_divergence", default="jsd", help="divergence of ours_offline (forward_kl was worse)")
     p.add_argument("--kd_temperature", type=float, default=1.0, help="distillation temperature of our KD rows")
     p.add_argument("--kd_learning_rate", type=float, default=None, help="default: --learning_rate")
+    p.add_argument("--warmup_teacher", default="same", choices=["same", "requantized"],
+                   help="who writes the recipe warm-up's SFT answers (fix 3's lever): the teacher that scores the "
+                   "rollouts, or another teacher: its copy with every linear weight re-quantized per row to "
+                   "--requant_bits (a served int-N copy writing the data, the bf16 teacher scoring)")
+    p.add_argument("--requant_bits", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
@@ -252,7 +259,31 @@ def arm_trl_sft(args, made, out):
     return model, {"train_s": train(trainer)}
 
 
-def _curriculum_sft(args, made, out, steps, model=None, curriculum=True):
+def _other_teacher_answers(args, made):
+    """The training prompts answered by another teacher (fix 3's lever): the teacher re-quantized per row."""
+    import torch
+
+    from trl_edge import generate_rollouts
+    from trl_edge.model_loading import load_causal_lm
+    from trl_edge.scripts.teacher_answers import answer_lengths, answers_dataset
+
+    other = load_causal_lm(made["teacher"], dtype=torch.float32)
+    levels = 2 ** (args.requant_bits - 1) - 1
+    with torch.no_grad():
+        for module in other.modules():
+            if isinstance(module, torch.nn.Linear):  # symmetric per-row rounding; the tied head/embedding too
+                w = module.weight
+                scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / levels
+                w.copy_((w / scale).round().clamp(-levels, levels) * scale)
+    data = prompts("train", args.train_prompts)
+    where = Path(args.workdir) / f"answers-train-int{args.requant_bits}-t{args.max_new_tokens}-{data_version()}"
+    rollouts = generate_rollouts(other, made["tokenizer"], data, where, temperature=0.0, use_cpu=True,
+                                 max_new_tokens=args.max_new_tokens, batch_size=16, shard_size=64)  # fmt: skip
+    log(f"answers of the int{args.requant_bits} teacher: {answer_lengths(rollouts, args.max_new_tokens)}")
+    return answers_dataset(rollouts, data, made["tokenizer"], keep_truncated=args.truncated_answers == "keep")
+
+
+def _curriculum_sft(args, made, out, steps, model=None, curriculum=True, answers=None):
     from trl_edge import CurriculumSFTConfig, CurriculumSFTTrainer
 
     model = model if model is not None else load_student(made["student"])
@@ -261,7 +292,7 @@ def _curriculum_sft(args, made, out, steps, model=None, curriculum=True):
     config = train_args(
         CurriculumSFTConfig, args, out, steps, **(order if curriculum else {"curriculum_pacing": "none"})
     )
-    trainer = CurriculumSFTTrainer(model, config, train_dataset=made["train_answers"],
+    trainer = CurriculumSFTTrainer(model, config, train_dataset=made["train_answers"] if answers is None else answers,
                                    processing_class=made["tokenizer"])  # fmt: skip
     return model, train(trainer)
 
@@ -349,9 +380,9 @@ def _warm_up(args, made, out):
             model, seconds = _kd(args, made, out / "warmup", args.sft_steps, [made["train_cache"]],
                                  divergence=args.offline_divergence, kd_weight=args.offline_kd_weight)  # fmt: skip
         else:
-            model, seconds = _curriculum_sft(
-                args, made, out / "sft", args.sft_steps, curriculum=args.recipe_sft == "curriculum"
-            )
+            answers = made["train_answers"] if args.warmup_teacher == "same" else _other_teacher_answers(args, made)
+            model, seconds = _curriculum_sft(args, made, out / "sft", args.sft_steps,
+                                             curriculum=args.recipe_sft == "curriculum", answers=answers)  # fmt: skip
         made["recipe_sft"] = ({k: v.detach().clone() for k, v in model.state_dict().items()}, seconds)
     model = load_student(made["student"])
     model.load_state_dict(made["recipe_sft"][0])
@@ -472,7 +503,8 @@ def table(results: dict) -> str:
 
 
 ROW_SETTINGS = ("arms", "output_json", "no_reference", "seed", "row_suffix", "rollout_ce_weight",
-                "truncated_samples", "recipe_sft", "recipe_divergence", "rounds", "answer_share")  # fmt: skip
+                "truncated_samples", "recipe_sft", "recipe_divergence", "rounds", "answer_share", "kd_learning_rate",
+                "warmup_teacher", "requant_bits")  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -486,7 +518,8 @@ def main(argv=None) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in ROW_SETTINGS}
     results = {"config": config, "heldout": len(made["heldout_answers"]), "setup_s": made["setup_s"],
                "answer_lengths": made.get("answer_lengths"), "rows": {}}  # fmt: skip
-    if previous.get("config") == config:  # same shared settings: keep the rows not rerun this time
+    kept = {k: v for k, v in previous.get("config", {}).items() if k not in ROW_SETTINGS}
+    if kept == config:  # same shared settings: keep the rows not rerun this time
         results["rows"] = previous.get("rows", {})
     for name, path in (("teacher", made["teacher"]), ("pruned student", made["student"])):
         if name not in results["rows"] and not args.no_reference:
